@@ -1,0 +1,139 @@
+//! Test support shared by the native tests (`cargo test`, lavapipe) and the browser tests
+//! (`wasm-pack test`, Chromium's WebGPU): one async test body runs in both places.
+
+use std::sync::Mutex;
+
+use burn::tensor::Tensor;
+
+use crate::gpu::{self, DTypeChoice, Gpu, GpuOptions};
+
+/// An async test that runs natively (blocking on its future) and in headless Chrome.
+macro_rules! gpu_test {
+    ($(#[$meta:meta])* async fn $name:ident() $body:block) => {
+        #[cfg(not(target_arch = "wasm32"))]
+        #[test]
+        $(#[$meta])*
+        fn $name() {
+            pollster::block_on(async $body)
+        }
+
+        #[cfg(target_arch = "wasm32")]
+        #[wasm_bindgen_test::wasm_bindgen_test]
+        $(#[$meta])*
+        async fn $name() $body
+    };
+}
+pub(crate) use gpu_test;
+
+#[cfg(target_arch = "wasm32")]
+wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
+
+/// Prints where both test runners show it (stdout natively, the console in the browser).
+pub fn log(message: &str) {
+    #[cfg(target_arch = "wasm32")]
+    web_sys::console::log_1(&message.into());
+    #[cfg(not(target_arch = "wasm32"))]
+    println!("{message}");
+}
+
+/// One device per dtype choice for the whole test run: opening one per test is slow on CPU
+/// adapters, and every open registers a new burn runtime.
+pub async fn shared_gpu(dtype: DTypeChoice) -> Gpu {
+    static GPUS: Mutex<Vec<(DTypeChoice, Gpu)>> = Mutex::new(Vec::new());
+    let find = || GPUS.lock().unwrap().iter().find(|(d, _)| *d == dtype).map(|(_, g)| g.clone());
+    if let Some(gpu) = find() {
+        return gpu;
+    }
+    let gpu = gpu::init(&GpuOptions { dtype, ..Default::default() })
+        .await
+        .unwrap_or_else(|e| panic!("tests need a GPU adapter: {e}"));
+    let mut gpus = GPUS.lock().unwrap();
+    if gpus.is_empty() {
+        log(&format!("imvar adapter: {}", gpu.capabilities.summary()));
+    }
+    gpus.push((dtype, gpu.clone()));
+    gpu
+}
+
+/// Reads a tensor back as f32, whatever its dtype (async: the browser cannot block).
+pub async fn read<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
+    let data = tensor.into_data_async().await.expect("read back from the GPU");
+    data.iter::<f32>().collect()
+}
+
+/// Deterministic values in [-1, 1) (a 32-bit LCG), so failures reproduce.
+pub fn values(n: usize, seed: u32) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(747_796_405).wrapping_add(2_891_336_453);
+    (0..n)
+        .map(|_| {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// Fails with the worst element when |a - e| > atol + rtol * |e| anywhere.
+#[track_caller]
+pub fn assert_close(actual: &[f32], expected: &[f32], atol: f32, rtol: f32) {
+    assert_eq!(actual.len(), expected.len(), "length");
+    let worst = actual
+        .iter()
+        .zip(expected)
+        .enumerate()
+        .map(|(i, (a, e))| (i, (a - e).abs() - rtol * e.abs(), *a, *e))
+        .filter(|(_, excess, a, _)| *excess > atol || a.is_nan())
+        .max_by(|x, y| x.1.total_cmp(&y.1));
+    if let Some((i, _, a, e)) = worst {
+        panic!("element {i}: got {a}, expected {e} (atol {atol}, rtol {rtol})");
+    }
+}
+
+/// Plain CPU matrix product, the reference for the GPU's.
+pub fn matmul_reference(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    let mut out = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            out[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+        }
+    }
+    out
+}
+
+/// Plain CPU NCHW convolution (square stride and padding), the reference for the GPU's.
+pub fn conv2d_reference(
+    x: &[f32],
+    [n, c, h, w]: [usize; 4],
+    weight: &[f32],
+    [o, _, kh, kw]: [usize; 4],
+    bias: &[f32],
+    stride: usize,
+    padding: usize,
+) -> (Vec<f32>, [usize; 4]) {
+    let oh = (h + 2 * padding - kh) / stride + 1;
+    let ow = (w + 2 * padding - kw) / stride + 1;
+    let mut out = vec![0.0; n * o * oh * ow];
+    for b in 0..n {
+        for oc in 0..o {
+            for y in 0..oh {
+                for xo in 0..ow {
+                    let mut acc = bias[oc];
+                    for ic in 0..c {
+                        for dy in 0..kh {
+                            for dx in 0..kw {
+                                let iy = (y * stride + dy) as isize - padding as isize;
+                                let ix = (xo * stride + dx) as isize - padding as isize;
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                    continue;
+                                }
+                                let xi = ((b * c + ic) * h + iy as usize) * w + ix as usize;
+                                acc += x[xi] * weight[((oc * c + ic) * kh + dy) * kw + dx];
+                            }
+                        }
+                    }
+                    out[((b * o + oc) * oh + y) * ow + xo] = acc;
+                }
+            }
+        }
+    }
+    (out, [n, o, oh, ow])
+}
