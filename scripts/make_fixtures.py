@@ -14,6 +14,7 @@ tests/fixtures/ from scratch:
 Everything is seeded: a second run writes the same bytes.
 """
 
+import functools
 import json
 import os
 import shutil
@@ -328,6 +329,8 @@ class Recorder:
         self.handles.append(pipe.unet.register_forward_hook(self.on_unet, with_kwargs=True))
         original_step = pipe.scheduler.step
 
+        # wraps: the pipeline passes `generator` only to a step whose signature takes it.
+        @functools.wraps(original_step)
         def step(model_output, timestep, sample, *args, **kwargs):
             out = original_step(model_output, timestep, sample, *args, **kwargs)
             self.steps.append((model_output.clone(), out.prev_sample.clone()))

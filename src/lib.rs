@@ -2,7 +2,11 @@
 //!
 //! The model core is platform-free; `web` (the browser API) and the CLI sit at the edges.
 
+pub mod config;
 pub mod gpu;
+pub mod preprocess;
+pub mod schedulers;
+pub mod torch_rng;
 
 #[cfg(target_arch = "wasm32")]
 pub mod web;

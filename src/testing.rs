@@ -137,3 +137,54 @@ pub fn conv2d_reference(
     }
     (out, [n, o, oh, ow])
 }
+
+/// A golden safetensors file from `tests/fixtures/golden/` (made by scripts/make_fixtures.py).
+#[cfg(not(target_arch = "wasm32"))]
+pub struct Golden {
+    bytes: Vec<u8>,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Golden {
+    pub fn open(file: &str) -> Self {
+        let path = fixture_path(&format!("golden/{file}"));
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        Self { bytes }
+    }
+
+    fn tensors(&self) -> safetensors::SafeTensors<'_> {
+        safetensors::SafeTensors::deserialize(&self.bytes).expect("golden file parses")
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.tensors().names().into_iter().map(String::from).collect()
+    }
+
+    pub fn shape(&self, name: &str) -> Vec<usize> {
+        self.tensors().tensor(name).unwrap_or_else(|e| panic!("{name}: {e}")).shape().to_vec()
+    }
+
+    /// The tensor's values as f32 (i64 timesteps are converted).
+    pub fn f32(&self, name: &str) -> Vec<f32> {
+        let tensors = self.tensors();
+        let view = tensors.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        match view.dtype() {
+            safetensors::Dtype::F32 => view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect(),
+            safetensors::Dtype::I64 => view
+                .data()
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f32)
+                .collect(),
+            other => panic!("{name}: unexpected dtype {other:?}"),
+        }
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub fn fixture_path(rel: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+}

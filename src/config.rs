@@ -1,0 +1,392 @@
+//! The model's config files, with diffusers' / transformers' defaults for absent keys. Every
+//! dimension of every module comes from here. Values we do not implement are rejected by name.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum ConfigError {
+    #[error("{file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("{file}: `{key}` = {value} is not supported (imvar supports {supported})")]
+    Unsupported {
+        file: String,
+        key: String,
+        value: String,
+        supported: String,
+    },
+}
+
+/// Parses a config file's text, then refuses values imvar does not implement.
+pub fn parse<T: for<'de> Deserialize<'de>>(
+    file: &str,
+    text: &str,
+    supported: &[(&str, Value)],
+) -> Result<T, ConfigError> {
+    let raw: Value = serde_json::from_str(text).map_err(|e| ConfigError::Parse {
+        file: file.into(),
+        message: e.to_string(),
+    })?;
+    for (key, allowed) in supported {
+        if let Some(value) = raw.get(*key).filter(|v| !v.is_null() || !allowed.is_null())
+            && value != allowed
+        {
+            return Err(ConfigError::Unsupported {
+                file: file.into(),
+                key: (*key).into(),
+                value: value.to_string(),
+                supported: allowed.to_string(),
+            });
+        }
+    }
+    serde_json::from_value(raw).map_err(|e| ConfigError::Parse {
+        file: file.into(),
+        message: e.to_string(),
+    })
+}
+
+/// `attention_head_dim` (in SD1.x configs: the number of heads) is an int or one per block.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum PerBlock {
+    Same(usize),
+    Each(Vec<usize>),
+}
+
+impl PerBlock {
+    pub fn get(&self, block: usize) -> usize {
+        match self {
+            Self::Same(n) => *n,
+            Self::Each(v) => v[block.min(v.len() - 1)],
+        }
+    }
+}
+
+/// `unet/config.json` (UNet2DConditionModel).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct UNetConfig {
+    pub sample_size: Option<usize>,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub flip_sin_to_cos: bool,
+    pub freq_shift: f32,
+    pub down_block_types: Vec<String>,
+    pub up_block_types: Vec<String>,
+    pub block_out_channels: Vec<usize>,
+    pub layers_per_block: usize,
+    pub downsample_padding: usize,
+    pub mid_block_scale_factor: f32,
+    pub norm_num_groups: usize,
+    pub norm_eps: f64,
+    pub cross_attention_dim: usize,
+    pub attention_head_dim: PerBlock,
+    pub num_attention_heads: Option<PerBlock>,
+}
+
+impl Default for UNetConfig {
+    fn default() -> Self {
+        let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        Self {
+            sample_size: None,
+            in_channels: 4,
+            out_channels: 4,
+            flip_sin_to_cos: true,
+            freq_shift: 0.0,
+            down_block_types: s(&["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]),
+            up_block_types: s(&["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]),
+            block_out_channels: vec![320, 640, 1280, 1280],
+            layers_per_block: 2,
+            downsample_padding: 1,
+            mid_block_scale_factor: 1.0,
+            norm_num_groups: 32,
+            norm_eps: 1e-5,
+            cross_attention_dim: 1280,
+            attention_head_dim: PerBlock::Same(8),
+            num_attention_heads: None,
+        }
+    }
+}
+
+impl UNetConfig {
+    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        let file = "unet/config.json";
+        let config: Self = parse(file, text, &[
+            ("act_fn", "silu".into()),
+            ("mid_block_type", "UNetMidBlock2DCrossAttn".into()),
+            ("center_input_sample", false.into()),
+            ("only_cross_attention", false.into()),
+            ("dual_cross_attention", false.into()),
+            ("use_linear_projection", false.into()),
+            ("upcast_attention", false.into()),
+            ("class_embed_type", Value::Null),
+            ("addition_embed_type", Value::Null),
+            ("num_class_embeds", Value::Null),
+            ("encoder_hid_dim", Value::Null),
+            ("time_embedding_type", "positional".into()),
+            ("resnet_time_scale_shift", "default".into()),
+            ("transformer_layers_per_block", 1.into()),
+            ("conv_in_kernel", 3.into()),
+            ("conv_out_kernel", 3.into()),
+            ("time_cond_proj_dim", Value::Null),
+            ("attention_type", "default".into()),
+        ])?;
+        let n = config.block_out_channels.len();
+        let known = |t: &String, kinds: [&str; 2]| kinds.contains(&t.as_str());
+        for (key, types, kinds) in [
+            ("down_block_types", &config.down_block_types, ["CrossAttnDownBlock2D", "DownBlock2D"]),
+            ("up_block_types", &config.up_block_types, ["CrossAttnUpBlock2D", "UpBlock2D"]),
+        ] {
+            if let Some(bad) = types.iter().find(|t| !known(t, kinds)) {
+                return Err(unsupported(file, key, bad, &kinds.join(" or ")));
+            }
+            if types.len() != n {
+                return Err(unsupported(file, key, &format!("{} blocks", types.len()),
+                    &format!("one per block_out_channels entry ({n})")));
+            }
+        }
+        Ok(config)
+    }
+
+    /// Heads of the attention in down block `block` (diffusers: `num_attention_heads or
+    /// attention_head_dim`; SD1.x stores the head count in the latter).
+    pub fn heads(&self, block: usize) -> usize {
+        self.num_attention_heads.as_ref().unwrap_or(&self.attention_head_dim).get(block)
+    }
+
+    pub fn time_embed_dim(&self) -> usize {
+        self.block_out_channels[0] * 4
+    }
+}
+
+fn unsupported(file: &str, key: &str, value: &str, supported: &str) -> ConfigError {
+    ConfigError::Unsupported {
+        file: file.into(),
+        key: key.into(),
+        value: value.into(),
+        supported: supported.into(),
+    }
+}
+
+/// `vae/config.json` (AutoencoderKL); only the decoder side is used.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct VaeConfig {
+    pub out_channels: usize,
+    pub up_block_types: Vec<String>,
+    pub block_out_channels: Vec<usize>,
+    pub layers_per_block: usize,
+    pub latent_channels: usize,
+    pub norm_num_groups: usize,
+    pub scaling_factor: f32,
+    pub use_post_quant_conv: bool,
+    pub mid_block_add_attention: bool,
+}
+
+impl Default for VaeConfig {
+    fn default() -> Self {
+        Self {
+            out_channels: 3,
+            up_block_types: vec!["UpDecoderBlock2D".into()],
+            block_out_channels: vec![64],
+            layers_per_block: 1,
+            latent_channels: 4,
+            norm_num_groups: 32,
+            scaling_factor: 0.18215,
+            use_post_quant_conv: true,
+            mid_block_add_attention: true,
+        }
+    }
+}
+
+impl VaeConfig {
+    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        let file = "vae/config.json";
+        let config: Self = parse(file, text, &[
+            ("act_fn", "silu".into()),
+            ("shift_factor", Value::Null),
+        ])?;
+        if let Some(bad) = config.up_block_types.iter().find(|t| *t != "UpDecoderBlock2D") {
+            return Err(unsupported(file, "up_block_types", bad, "UpDecoderBlock2D"));
+        }
+        Ok(config)
+    }
+
+    /// Each up block but the last doubles the resolution.
+    pub fn scale_factor(&self) -> usize {
+        1 << (self.block_out_channels.len() - 1)
+    }
+}
+
+/// `image_encoder/config.json` (transformers CLIPVisionConfig).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct ClipVisionConfig {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub projection_dim: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_channels: usize,
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub layer_norm_eps: f64,
+}
+
+impl Default for ClipVisionConfig {
+    fn default() -> Self {
+        Self {
+            hidden_size: 768,
+            intermediate_size: 3072,
+            projection_dim: 512,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            num_channels: 3,
+            image_size: 224,
+            patch_size: 32,
+            layer_norm_eps: 1e-5,
+        }
+    }
+}
+
+impl ClipVisionConfig {
+    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        parse("image_encoder/config.json", text, &[("hidden_act", "quick_gelu".into())])
+    }
+
+    pub fn num_positions(&self) -> usize {
+        (self.image_size / self.patch_size).pow(2) + 1
+    }
+}
+
+/// `scheduler/scheduler_config.json`. Keys whose default differs between scheduler classes stay
+/// `None` here; each scheduler applies its own class's default.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct SchedulerConfig {
+    #[serde(rename = "_class_name")]
+    pub class_name: Option<String>,
+    pub num_train_timesteps: usize,
+    pub beta_start: f64,
+    pub beta_end: f64,
+    pub beta_schedule: String,
+    pub steps_offset: usize,
+    pub skip_prk_steps: bool,
+    pub set_alpha_to_one: Option<bool>,
+    pub clip_sample: Option<bool>,
+    pub timestep_spacing: Option<String>,
+    pub prediction_type: String,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            class_name: None,
+            num_train_timesteps: 1000,
+            beta_start: 0.0001,
+            beta_end: 0.02,
+            beta_schedule: "linear".into(),
+            steps_offset: 0,
+            skip_prk_steps: false,
+            set_alpha_to_one: None,
+            clip_sample: None,
+            timestep_spacing: None,
+            prediction_type: "epsilon".into(),
+        }
+    }
+}
+
+impl SchedulerConfig {
+    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        let file = "scheduler/scheduler_config.json";
+        let config: Self = parse(file, text, &[
+            ("trained_betas", Value::Null),
+            ("prediction_type", "epsilon".into()),
+            ("thresholding", false.into()),
+            ("rescale_betas_zero_snr", false.into()),
+            ("use_karras_sigmas", false.into()),
+        ])?;
+        if !["linear", "scaled_linear"].contains(&config.beta_schedule.as_str()) {
+            return Err(unsupported(file, "beta_schedule", &config.beta_schedule, "linear or scaled_linear"));
+        }
+        Ok(config)
+    }
+}
+
+/// `model_index.json`: which component classes the pipeline has.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ModelIndex {
+    #[serde(rename = "_class_name")]
+    pub class_name: String,
+    pub unet: (String, String),
+    pub vae: (String, String),
+    pub image_encoder: (String, String),
+    pub scheduler: (String, String),
+}
+
+impl ModelIndex {
+    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        let file = "model_index.json";
+        let index: Self = parse(file, text, &[])?;
+        let expect = [
+            ("_class_name", index.class_name.as_str(), "StableDiffusionImageVariationPipeline"),
+            ("unet", index.unet.1.as_str(), "UNet2DConditionModel"),
+            ("vae", index.vae.1.as_str(), "AutoencoderKL"),
+            ("image_encoder", index.image_encoder.1.as_str(), "CLIPVisionModelWithProjection"),
+        ];
+        for (key, got, want) in expect {
+            if got != want {
+                return Err(unsupported(file, key, got, want));
+            }
+        }
+        Ok(index)
+    }
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+
+    fn real(path: &str) -> String {
+        std::fs::read_to_string(format!("{}/configs/sd-image-variations-diffusers/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    }
+
+    fn tiny(path: &str) -> String {
+        std::fs::read_to_string(crate::testing::fixture_path(&format!("tiny-sd-image-variations/{path}"))).unwrap()
+    }
+
+    #[test]
+    fn real_configs_parse_to_sd1_sizes() {
+        let unet = UNetConfig::from_json(&real("unet/config.json")).unwrap();
+        assert_eq!((unet.block_out_channels[3], unet.cross_attention_dim, unet.heads(0), unet.sample_size), (1280, 768, 8, Some(64)));
+        let vae = VaeConfig::from_json(&real("vae/config.json")).unwrap();
+        assert_eq!((vae.scaling_factor, vae.scale_factor(), vae.use_post_quant_conv), (0.18215, 8, true));
+        let clip = ClipVisionConfig::from_json(&real("image_encoder/config.json")).unwrap();
+        assert_eq!((clip.hidden_size, clip.num_positions(), clip.projection_dim), (1024, 257, 768));
+        let scheduler = SchedulerConfig::from_json(&real("scheduler/scheduler_config.json")).unwrap();
+        assert_eq!((scheduler.steps_offset, scheduler.skip_prk_steps, scheduler.timestep_spacing), (1, true, None));
+        ModelIndex::from_json(&real("model_index.json")).unwrap();
+    }
+
+    #[test]
+    fn tiny_configs_take_library_defaults_for_absent_keys() {
+        let clip = ClipVisionConfig::from_json(&tiny("image_encoder/config.json")).unwrap();
+        assert_eq!((clip.hidden_size, clip.num_positions()), (32, 257));
+        let unet = UNetConfig::from_json(&tiny("unet/config.json")).unwrap();
+        assert_eq!((unet.block_out_channels.clone(), unet.heads(2), unet.num_attention_heads.clone()), (vec![16, 32, 64, 64], 4, None));
+        let vae = VaeConfig::from_json(&tiny("vae/config.json")).unwrap();
+        assert_eq!(vae.scaling_factor, 0.18215); // absent from the file
+    }
+
+    #[test]
+    fn unsupported_values_are_named() {
+        let text = real("unet/config.json").replace("\"act_fn\"", "\"use_linear_projection\": true, \"act_fn\"");
+        let err = UNetConfig::from_json(&text).unwrap_err();
+        assert!(err.to_string().contains("use_linear_projection") && err.to_string().contains("true"), "{err}");
+        let text = real("unet/config.json").replace("\"DownBlock2D\"", "\"KDownBlock2D\"");
+        assert!(UNetConfig::from_json(&text).unwrap_err().to_string().contains("KDownBlock2D"));
+        assert!(matches!(UNetConfig::from_json("{ not json"), Err(ConfigError::Parse { .. })));
+        let per_block = real("unet/config.json").replace("\"attention_head_dim\": 8", "\"attention_head_dim\": [5, 10, 20, 20]");
+        assert_eq!(UNetConfig::from_json(&per_block).unwrap().heads(1), 10);
+    }
+}
