@@ -2,11 +2,23 @@
 //!
 //! The model core is platform-free; `web` (the browser API) and the CLI sit at the edges.
 
+pub mod attention;
+pub mod clip_vision;
 pub mod config;
+pub mod embeddings;
 pub mod gpu;
+pub mod layers;
+pub mod model_files;
+pub mod pipeline;
 pub mod preprocess;
+pub mod resnet;
 pub mod schedulers;
 pub mod torch_rng;
+pub mod transformer_2d;
+pub mod unet_2d;
+pub mod unet_2d_blocks;
+pub mod vae;
+pub mod weights;
 
 #[cfg(target_arch = "wasm32")]
 pub mod web;

@@ -188,3 +188,24 @@ impl Golden {
 pub fn fixture_path(rel: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
 }
+
+/// The tiny fixture model, fp32 files or the "fp16" variant.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn tiny_model(variant: Option<&str>) -> crate::model_files::ModelDir {
+    crate::model_files::ModelDir::open(&fixture_path("tiny-sd-image-variations"), variant).unwrap()
+}
+
+/// Uploads a golden tensor to the device in its compute dtype.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn upload<const D: usize>(golden: &Golden, name: &str, gpu: &Gpu) -> Tensor<D> {
+    let shape: [usize; D] = golden.shape(name).try_into().expect("rank");
+    let dtype = burn::tensor::DType::from(gpu.capabilities.compute_dtype.burn());
+    Tensor::from_data(burn::tensor::TensorData::new(golden.f32(name), shape), (&gpu.device, dtype))
+}
+
+/// Max |a - e| relative to the largest |e|: the scale-free error the model tests bound.
+pub fn relative_error(actual: &[f32], expected: &[f32]) -> f32 {
+    assert_eq!(actual.len(), expected.len(), "length");
+    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+    actual.iter().zip(expected).fold(0f32, |m, (a, e)| if a.is_nan() { f32::INFINITY } else { m.max((a - e).abs()) }) / scale
+}

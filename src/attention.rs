@@ -1,0 +1,144 @@
+//! diffusers' `Attention` (self and cross), `FeedForward` with GEGLU, and `BasicTransformerBlock`.
+
+use burn::tensor::Tensor;
+use burn::tensor::activation::gelu;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+
+use crate::layers::{LayerNorm, Linear};
+use crate::weights::{LoadError, Weights};
+
+/// Multi-head attention over `[B, L, C]` tokens.
+pub struct Attention {
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+    heads: usize,
+}
+
+impl Attention {
+    /// `context_dim` is the key/value input width (the query's for self-attention). `qkv_bias`:
+    /// the UNet's projections have none, the VAE's do. Accepts the names diffusers 0.9 saved
+    /// (`query/key/value/proj_attn`) as well as today's (`to_q/to_k/to_v/to_out.0`).
+    pub fn load(
+        w: &mut Weights,
+        name: &str,
+        dim: usize,
+        context_dim: usize,
+        heads: usize,
+        qkv_bias: bool,
+    ) -> Result<Self, LoadError> {
+        let legacy = w.contains(&format!("{name}.query.weight"));
+        let names = if legacy { ["query", "key", "value", "proj_attn"] } else { ["to_q", "to_k", "to_v", "to_out.0"] };
+        Self::load_named(w, name, names, dim, context_dim, heads, qkv_bias)
+    }
+
+    /// CLIP's self-attention: `q_proj/k_proj/v_proj/out_proj`, all with bias.
+    pub fn load_clip(w: &mut Weights, name: &str, dim: usize, heads: usize) -> Result<Self, LoadError> {
+        Self::load_named(w, name, ["q_proj", "k_proj", "v_proj", "out_proj"], dim, dim, heads, true)
+    }
+
+    fn load_named(
+        w: &mut Weights,
+        name: &str,
+        [q, k, v, out]: [&str; 4],
+        dim: usize,
+        context_dim: usize,
+        heads: usize,
+        qkv_bias: bool,
+    ) -> Result<Self, LoadError> {
+        let n = |part: &str| format!("{name}.{part}");
+        Ok(Self {
+            to_q: Linear::load(w, &n(q), dim, dim, qkv_bias)?,
+            to_k: Linear::load(w, &n(k), context_dim, dim, qkv_bias)?,
+            to_v: Linear::load(w, &n(v), context_dim, dim, qkv_bias)?,
+            to_out: Linear::load(w, &n(out), dim, dim, true)?,
+            heads,
+        })
+    }
+
+    pub fn forward_self(&self, x: Tensor<3>) -> Tensor<3> {
+        let (q, k, v) = (self.to_q.forward(x.clone()), self.to_k.forward(x.clone()), self.to_v.forward(x));
+        self.to_out.forward(self.attend(q, k, v))
+    }
+
+    /// Cross-attention of `x` over `context` `[B, T, context_dim]`.
+    pub fn forward_cross(&self, x: Tensor<3>, context: Tensor<3>) -> Tensor<3> {
+        let [b, l, _] = x.dims();
+        if context.dims()[1] == 1 {
+            // One context token: its softmax weight is exactly 1 for every query, so the output
+            // is the projected value, the same at every position. Exact, and no score matrix.
+            let c = self.to_out.forward(self.to_v.forward(context));
+            let width = c.dims()[2];
+            return c.expand([b, l, width]);
+        }
+        let (q, k, v) = (self.to_q.forward(x), self.to_k.forward(context.clone()), self.to_v.forward(context));
+        self.to_out.forward(self.attend(q, k, v))
+    }
+
+    /// Scaled dot-product attention, heads split out of the channels. The scale is left to
+    /// burn's default (1/sqrt(head_dim)) so its fused path can be taken.
+    fn attend(&self, q: Tensor<3>, k: Tensor<3>, v: Tensor<3>) -> Tensor<3> {
+        let [b, l, c] = q.dims();
+        let split = |t: Tensor<3>| {
+            let [b, n, c] = t.dims();
+            t.reshape([b, n, self.heads, c / self.heads]).swap_dims(1, 2)
+        };
+        let out = attention(split(q), split(k), split(v), None, None, AttentionModuleOptions::default());
+        out.swap_dims(1, 2).reshape([b, l, c])
+    }
+}
+
+/// `FeedForward` with GEGLU: `proj` to twice the inner width, `hidden * gelu(gate)`, back.
+pub struct FeedForward {
+    proj: Linear,
+    out: Linear,
+}
+
+impl FeedForward {
+    pub fn load(w: &mut Weights, name: &str, dim: usize) -> Result<Self, LoadError> {
+        let inner = dim * 4;
+        Ok(Self {
+            proj: Linear::load(w, &format!("{name}.net.0.proj"), dim, inner * 2, true)?,
+            out: Linear::load(w, &format!("{name}.net.2"), inner, dim, true)?,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let mut halves = self.proj.forward(x).chunk(2, 2);
+        let gate = halves.pop().unwrap();
+        let hidden = halves.pop().unwrap();
+        self.out.forward(hidden * gelu(gate))
+    }
+}
+
+/// Self-attention, cross-attention and feed-forward, each pre-normed with a residual.
+pub struct BasicTransformerBlock {
+    norm1: LayerNorm,
+    attn1: Attention,
+    norm2: LayerNorm,
+    attn2: Attention,
+    norm3: LayerNorm,
+    ff: FeedForward,
+}
+
+impl BasicTransformerBlock {
+    pub fn load(w: &mut Weights, name: &str, dim: usize, heads: usize, context_dim: usize) -> Result<Self, LoadError> {
+        let n = |part: &str| format!("{name}.{part}");
+        Ok(Self {
+            norm1: LayerNorm::load(w, &n("norm1"), dim, 1e-5)?,
+            attn1: Attention::load(w, &n("attn1"), dim, dim, heads, false)?,
+            norm2: LayerNorm::load(w, &n("norm2"), dim, 1e-5)?,
+            attn2: Attention::load(w, &n("attn2"), dim, context_dim, heads, false)?,
+            norm3: LayerNorm::load(w, &n("norm3"), dim, 1e-5)?,
+            ff: FeedForward::load(w, &n("ff"), dim)?,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<3>, context: Tensor<3>) -> Tensor<3> {
+        let x = self.attn1.forward_self(self.norm1.forward(x.clone())) + x;
+        let x = self.attn2.forward_cross(self.norm2.forward(x.clone()), context) + x;
+        self.ff.forward(self.norm3.forward(x.clone())) + x
+    }
+}

@@ -1,0 +1,308 @@
+//! diffusers' `StableDiffusionImageVariationPipeline`: CLIP image embedding → classifier-free
+//! guidance with a zero unconditional embedding → denoising loop → VAE decode → 8-bit RGB.
+
+use burn::tensor::{DType, Tensor, TensorData};
+
+use crate::clip_vision::ClipVisionModelWithProjection;
+use crate::config::{ClipVisionConfig, ConfigError, ModelIndex, SchedulerConfig, UNetConfig, VaeConfig};
+use crate::gpu::Gpu;
+use crate::model_files::ModelSource;
+use crate::preprocess::{self, RgbImage};
+use crate::schedulers::SchedulerKind;
+use crate::torch_rng::TorchGenerator;
+use crate::unet_2d::UNet2DConditionModel;
+use crate::vae::{self, AutoencoderKLDecoder};
+use crate::weights::{LoadError, Weights};
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Image(#[from] preprocess::ImageError),
+    #[error("{0}")]
+    InvalidOption(String),
+    #[error("cancelled")]
+    Cancelled,
+    #[error("the GPU failed: {0}")]
+    Gpu(String),
+}
+
+/// What a generation asks for. `None` fields take the model's defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerateOptions {
+    pub n: usize,
+    pub steps: usize,
+    pub guidance: f32,
+    pub seed: u64,
+    pub scheduler: Option<SchedulerKind>,
+    /// Output (width, height) in pixels.
+    pub size: Option<(usize, usize)>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self { n: 1, steps: 50, guidance: 3.0, seed: 0, scheduler: None, size: None }
+    }
+}
+
+/// Reported after every denoising step; returning `false` from the callback cancels.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    pub step: usize,
+    pub total: usize,
+}
+
+/// One generated picture, identified by (seed, index).
+pub struct Variation {
+    pub seed: u64,
+    pub index: usize,
+    pub image: RgbImage,
+}
+
+pub struct ImageVariationPipeline {
+    gpu: Gpu,
+    image_encoder: ClipVisionModelWithProjection,
+    unet: UNet2DConditionModel,
+    vae: AutoencoderKLDecoder,
+    scheduler_config: SchedulerConfig,
+}
+
+/// Loads one component's weights through `load`, then checks nothing was left over.
+pub fn load_component<T>(
+    source: &dyn ModelSource,
+    gpu: &Gpu,
+    component: &str,
+    unused: &[&str],
+    load: impl FnOnce(&mut Weights) -> Result<T, LoadError>,
+) -> Result<T, LoadError> {
+    let mut tensors = source.tensors(component)?;
+    let mut weights = Weights::new(tensors.as_mut(), component, &gpu.device, gpu.capabilities.compute_dtype);
+    let model = load(&mut weights)?;
+    weights.finish(unused)?;
+    Ok(model)
+}
+
+impl ImageVariationPipeline {
+    pub fn load(source: &dyn ModelSource, gpu: &Gpu) -> Result<Self, PipelineError> {
+        ModelIndex::from_json(&source.text("model_index.json")?)?;
+        let clip_config = ClipVisionConfig::from_json(&source.text("image_encoder/config.json")?)?;
+        let unet_config = UNetConfig::from_json(&source.text("unet/config.json")?)?;
+        let vae_config = VaeConfig::from_json(&source.text("vae/config.json")?)?;
+        let scheduler_config = SchedulerConfig::from_json(&source.text("scheduler/scheduler_config.json")?)?;
+        if clip_config.projection_dim != unet_config.cross_attention_dim {
+            return Err(PipelineError::InvalidOption(format!(
+                "image_encoder projection_dim {} != unet cross_attention_dim {}",
+                clip_config.projection_dim, unet_config.cross_attention_dim
+            )));
+        }
+        Ok(Self {
+            image_encoder: load_component(source, gpu, "image_encoder", &[], |w| {
+                ClipVisionModelWithProjection::load(w, &clip_config)
+            })?,
+            unet: load_component(source, gpu, "unet", &[], |w| UNet2DConditionModel::load(w, &unet_config))?,
+            vae: load_component(source, gpu, "vae", vae::UNUSED, |w| AutoencoderKLDecoder::load(w, &vae_config))?,
+            scheduler_config,
+            gpu: gpu.clone(),
+        })
+    }
+
+    /// The model's own scheduler (from its config's class name), PNDM if unknown.
+    pub fn default_scheduler(&self) -> SchedulerKind {
+        SchedulerKind::of_config(&self.scheduler_config).unwrap_or(SchedulerKind::Pndm)
+    }
+
+    /// Output size in pixels when none is asked for: `sample_size * vae scale`.
+    pub fn default_size(&self) -> (usize, usize) {
+        let side = self.unet.config().sample_size.unwrap_or(64) * self.vae_scale();
+        (side, side)
+    }
+
+    fn vae_scale(&self) -> usize {
+        1 << (self.unet.config().block_out_channels.len() - 1)
+    }
+
+    fn dtype(&self) -> DType {
+        DType::from(self.gpu.capabilities.compute_dtype.burn())
+    }
+
+    /// `image_embeds` `[1, projection_dim]` of a decoded picture.
+    pub fn encode_image(&self, image: &RgbImage) -> Tensor<2> {
+        let size = self.image_encoder.config().image_size;
+        let pixels = preprocess::clip_input(image, size);
+        let pixels = Tensor::<4>::from_data(TensorData::new(pixels, [1, 3, size, size]), (&self.gpu.device, self.dtype()));
+        self.image_encoder.forward(pixels).image_embeds
+    }
+
+    fn validate(&self, options: &GenerateOptions) -> Result<(usize, usize), PipelineError> {
+        let bad = |m: String| Err(PipelineError::InvalidOption(m));
+        if !(1..=64).contains(&options.n) {
+            return bad(format!("n must be between 1 and 64, not {}", options.n));
+        }
+        if !(1..=1000).contains(&options.steps) {
+            return bad(format!("steps must be between 1 and 1000, not {}", options.steps));
+        }
+        if !options.guidance.is_finite() || options.guidance < 0.0 {
+            return bad(format!("guidance must be a number >= 0, not {}", options.guidance));
+        }
+        let (w, h) = options.size.unwrap_or(self.default_size());
+        // The latents are downsampled once per UNet block but the last.
+        let multiple = self.vae_scale() * (1 << (self.unet.config().block_out_channels.len() - 1));
+        if w == 0 || h == 0 || w % multiple != 0 || h % multiple != 0 || w > 2048 || h > 2048 {
+            return bad(format!("size {w}x{h} must be multiples of {multiple}, at most 2048"));
+        }
+        Ok((w, h))
+    }
+
+    /// Generates `options.n` variations of `image`. `on_step` hears after every step and
+    /// cancels by returning `false`.
+    pub async fn generate(
+        &self,
+        image: &RgbImage,
+        options: &GenerateOptions,
+        on_step: &mut dyn FnMut(Progress) -> bool,
+    ) -> Result<Vec<Variation>, PipelineError> {
+        let (width, height) = self.validate(options)?;
+        let n = options.n;
+        let guided = options.guidance > 1.0;
+        let embeds = self.encode_image(image);
+        let [_, dim] = embeds.dims();
+        let cond = embeds.reshape([1, 1, dim]).repeat_dim(0, n);
+        let context = if guided { Tensor::cat(vec![cond.clone().zeros_like(), cond], 0) } else { cond };
+
+        let kind = options.scheduler.unwrap_or(self.default_scheduler());
+        let mut scheduler = kind.build(&self.scheduler_config, options.steps);
+        let mut generator = TorchGenerator::new(options.seed);
+        let scale = self.vae_scale();
+        let shape = [n, self.unet.config().in_channels, height / scale, width / scale];
+        let noise = generator.randn(shape.iter().product());
+        let mut latents = Tensor::<4>::from_data(TensorData::new(noise, shape), (&self.gpu.device, DType::F32))
+            .mul_scalar(scheduler.init_noise_sigma());
+
+        let timesteps = scheduler.timesteps().to_vec();
+        for (index, &t) in timesteps.iter().enumerate() {
+            let input = scheduler.scale_model_input(latents.clone(), index).cast(self.dtype());
+            let input = if guided { Tensor::cat(vec![input.clone(), input], 0) } else { input };
+            let noise = self.unet.forward(input, t, &context).cast(DType::F32);
+            let noise = if guided {
+                let mut halves = noise.chunk(2, 0);
+                let cond = halves.pop().unwrap();
+                let uncond = halves.pop().unwrap();
+                uncond.clone() + (cond - uncond).mul_scalar(options.guidance)
+            } else {
+                noise
+            };
+            latents = scheduler.step(index, noise, latents, &mut generator);
+            if !on_step(Progress { step: index + 1, total: timesteps.len() }) {
+                return Err(PipelineError::Cancelled);
+            }
+        }
+        let images = self.decode(latents).await?;
+        Ok(images.into_iter().enumerate().map(|(index, image)| Variation { seed: options.seed, index, image }).collect())
+    }
+
+    /// Decodes latents to 8-bit RGB: `(x / 2 + 0.5).clamp(0, 1)`, then `round(x * 255)` with
+    /// ties to even, as numpy does in diffusers' postprocessing.
+    pub async fn decode(&self, latents: Tensor<4>) -> Result<Vec<RgbImage>, PipelineError> {
+        let decoded = self.vae.decode(latents.cast(self.dtype())).cast(DType::F32);
+        let [n, c, h, w] = decoded.dims();
+        let pixels = decoded.div_scalar(2.0).add_scalar(0.5).clamp(0.0, 1.0).mul_scalar(255.0).permute([0, 2, 3, 1]);
+        let data = pixels.into_data_async().await.map_err(|e| PipelineError::Gpu(format!("{e:?}")))?;
+        let values: Vec<f32> = data.iter::<f32>().collect();
+        Ok(values
+            .chunks_exact(h * w * c)
+            .take(n)
+            .map(|chunk| RgbImage {
+                width: w,
+                height: h,
+                pixels: chunk.iter().map(|v| v.round_ties_even() as u8).collect(),
+            })
+            .collect())
+    }
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+    use crate::gpu::{ComputeDType, DTypeChoice};
+    use crate::testing::{fixture_path, shared_gpu, tiny_model};
+
+    fn manifest() -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(fixture_path("golden/manifest.json")).unwrap()).unwrap()
+    }
+
+    fn input() -> RgbImage {
+        preprocess::decode(&std::fs::read(fixture_path("input.png")).unwrap()).unwrap()
+    }
+
+    /// (max, mean) absolute difference in 8-bit levels.
+    fn level_difference(a: &RgbImage, b: &RgbImage) -> (u8, f64) {
+        assert_eq!((a.width, a.height), (b.width, b.height));
+        let diffs = a.pixels.iter().zip(&b.pixels).map(|(x, y)| x.abs_diff(*y));
+        let (max, sum) = diffs.fold((0u8, 0u64), |(m, s), d| (m.max(d), s + d as u64));
+        (max, sum as f64 / a.pixels.len() as f64)
+    }
+
+    #[test]
+    fn every_golden_run_is_reproduced_from_fp32_and_fp16_files() {
+        pollster::block_on(async {
+            let gpu = shared_gpu(DTypeChoice::Exactly(ComputeDType::F32)).await;
+            let image = input();
+            for variant in ["fp32", "fp16"] {
+                let source = tiny_model((variant == "fp16").then_some("fp16"));
+                let pipeline = ImageVariationPipeline::load(&source, &gpu).unwrap();
+                for run in manifest()["runs"].as_array().unwrap().iter().filter(|r| r["variant"] == variant) {
+                    let options = GenerateOptions {
+                        n: run["n"].as_u64().unwrap() as usize,
+                        steps: run["steps"].as_u64().unwrap() as usize,
+                        guidance: run["guidance"].as_f64().unwrap() as f32,
+                        seed: run["seed"].as_u64().unwrap(),
+                        scheduler: Some(run["scheduler"].as_str().unwrap().parse().unwrap()),
+                        size: None,
+                    };
+                    let mut steps = 0;
+                    let out = pipeline.generate(&image, &options, &mut |p| { steps = p.step; true }).await.unwrap();
+                    assert_eq!(steps, run["unet_calls"].as_u64().unwrap() as usize);
+                    for (variation, png) in out.iter().zip(run["pngs"].as_array().unwrap()) {
+                        let golden = preprocess::decode(&std::fs::read(fixture_path(&format!("golden/{}", png.as_str().unwrap()))).unwrap()).unwrap();
+                        let (max, mean) = level_difference(&variation.image, &golden);
+                        crate::testing::log(&format!("{}: max {max} mean {mean:.4} levels", run["name"]));
+                        assert!(max <= 3 && mean < 0.05, "{}: max {max}, mean {mean} levels", run["name"]);
+                    }
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn cancelling_stops_between_steps() {
+        pollster::block_on(async {
+            let gpu = shared_gpu(DTypeChoice::Exactly(ComputeDType::F32)).await;
+            let pipeline = ImageVariationPipeline::load(&tiny_model(None), &gpu).unwrap();
+            let mut seen = Vec::new();
+            let options = GenerateOptions { steps: 5, ..Default::default() };
+            let result = pipeline.generate(&input(), &options, &mut |p| { seen.push(p.step); p.step < 2 }).await;
+            assert!(matches!(result, Err(PipelineError::Cancelled)));
+            assert_eq!(seen, [1, 2]);
+        });
+    }
+
+    #[test]
+    fn invalid_options_are_refused_by_name() {
+        pollster::block_on(async {
+            let gpu = shared_gpu(DTypeChoice::Exactly(ComputeDType::F32)).await;
+            let pipeline = ImageVariationPipeline::load(&tiny_model(None), &gpu).unwrap();
+            for (options, words) in [
+                (GenerateOptions { n: 0, ..Default::default() }, "n must be"),
+                (GenerateOptions { steps: 0, ..Default::default() }, "steps must be"),
+                (GenerateOptions { guidance: f32::NAN, ..Default::default() }, "guidance"),
+                (GenerateOptions { size: Some((100, 128)), ..Default::default() }, "multiples of 64"),
+            ] {
+                let err = pipeline.generate(&input(), &options, &mut |_| true).await.err().unwrap();
+                assert!(err.to_string().contains(words), "{err}");
+            }
+        });
+    }
+}

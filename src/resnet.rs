@@ -1,0 +1,92 @@
+//! diffusers' `ResnetBlock2D`, `Downsample2D` and `Upsample2D`.
+
+use burn::tensor::Tensor;
+use burn::tensor::module::interpolate;
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+
+use crate::layers::{Conv2d, GroupNorm, Linear};
+use crate::weights::{LoadError, Weights};
+
+pub struct ResnetBlock2D {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    time_emb_proj: Option<Linear>,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    conv_shortcut: Option<Conv2d>,
+    output_scale_factor: f32,
+}
+
+/// What every resnet of a block shares.
+#[derive(Clone, Copy)]
+pub struct ResnetSettings {
+    pub groups: usize,
+    pub eps: f64,
+    /// Width of the timestep embedding; `None` in the VAE.
+    pub temb_channels: Option<usize>,
+    pub output_scale_factor: f32,
+}
+
+impl ResnetBlock2D {
+    pub fn load(w: &mut Weights, name: &str, inputs: usize, outputs: usize, s: ResnetSettings) -> Result<Self, LoadError> {
+        let n = |part: &str| format!("{name}.{part}");
+        Ok(Self {
+            norm1: GroupNorm::load(w, &n("norm1"), s.groups, inputs, s.eps)?,
+            conv1: Conv2d::load_3x3(w, &n("conv1"), inputs, outputs)?,
+            time_emb_proj: s.temb_channels.map(|t| Linear::load(w, &n("time_emb_proj"), t, outputs, true)).transpose()?,
+            norm2: GroupNorm::load(w, &n("norm2"), s.groups, outputs, s.eps)?,
+            conv2: Conv2d::load_3x3(w, &n("conv2"), outputs, outputs)?,
+            conv_shortcut: (inputs != outputs).then(|| Conv2d::load_1x1(w, &n("conv_shortcut"), inputs, outputs)).transpose()?,
+            output_scale_factor: s.output_scale_factor,
+        })
+    }
+
+    /// `temb` is the already SiLU-activated timestep embedding `[B, temb_channels]`.
+    pub fn forward(&self, x: Tensor<4>, temb: Option<&Tensor<2>>) -> Tensor<4> {
+        let mut h = self.conv1.forward(self.norm1.forward_silu(x.clone()));
+        if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
+            let t = proj.forward(temb.clone());
+            let [b, c] = t.dims();
+            h = h + t.reshape([b, c, 1, 1]);
+        }
+        let h = self.conv2.forward(self.norm2.forward_silu(h));
+        let shortcut = match &self.conv_shortcut {
+            Some(conv) => conv.forward(x),
+            None => x,
+        };
+        let out = shortcut + h;
+        if self.output_scale_factor == 1.0 { out } else { out.div_scalar(self.output_scale_factor) }
+    }
+}
+
+/// A stride-2 3x3 convolution (`downsamplers.0.conv`).
+pub struct Downsample2D {
+    conv: Conv2d,
+}
+
+impl Downsample2D {
+    pub fn load(w: &mut Weights, name: &str, channels: usize, padding: usize) -> Result<Self, LoadError> {
+        Ok(Self { conv: Conv2d::load(w, &format!("{name}.conv"), channels, channels, 3, 2, padding, true)? })
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.conv.forward(x)
+    }
+}
+
+/// Nearest-neighbour x2, then a 3x3 convolution (`upsamplers.0.conv`).
+pub struct Upsample2D {
+    conv: Conv2d,
+}
+
+impl Upsample2D {
+    pub fn load(w: &mut Weights, name: &str, channels: usize) -> Result<Self, LoadError> {
+        Ok(Self { conv: Conv2d::load_3x3(w, &format!("{name}.conv"), channels, channels)? })
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let [_, _, h, w] = x.dims();
+        let up = interpolate(x, InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([h * 2, w * 2]));
+        self.conv.forward(up)
+    }
+}

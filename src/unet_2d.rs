@@ -1,0 +1,130 @@
+//! diffusers' `UNet2DConditionModel` for SD1.x: every width, depth, head count and block type
+//! from `unet/config.json`.
+
+use burn::tensor::activation::silu;
+use burn::tensor::{DType, Tensor};
+
+use crate::config::UNetConfig;
+use crate::embeddings::{TimestepEmbedding, timestep_features};
+use crate::layers::{Conv2d, GroupNorm};
+use crate::resnet::ResnetSettings;
+use crate::unet_2d_blocks::{CrossAttention, DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D};
+use crate::weights::{LoadError, Weights};
+
+pub struct UNet2DConditionModel {
+    config: UNetConfig,
+    time_embedding: TimestepEmbedding,
+    conv_in: Conv2d,
+    down_blocks: Vec<DownBlock2D>,
+    mid_block: UNetMidBlock2DCrossAttn,
+    up_blocks: Vec<UpBlock2D>,
+    conv_norm_out: GroupNorm,
+    conv_out: Conv2d,
+}
+
+impl UNet2DConditionModel {
+    pub fn load(w: &mut Weights, config: &UNetConfig) -> Result<Self, LoadError> {
+        let c = config;
+        let channels = &c.block_out_channels;
+        let blocks = channels.len();
+        let resnet = ResnetSettings {
+            groups: c.norm_num_groups,
+            eps: c.norm_eps,
+            temb_channels: Some(c.time_embed_dim()),
+            output_scale_factor: 1.0,
+        };
+        let cross = |heads: usize, kind: &str| {
+            kind.starts_with("CrossAttn").then_some(CrossAttention { heads, context_dim: c.cross_attention_dim })
+        };
+
+        let mut down_blocks = Vec::new();
+        for (i, kind) in c.down_block_types.iter().enumerate() {
+            let inputs = if i == 0 { channels[0] } else { channels[i - 1] };
+            let last = i == blocks - 1;
+            down_blocks.push(DownBlock2D::load(
+                w, &format!("down_blocks.{i}"), c.layers_per_block, inputs, channels[i], resnet,
+                cross(c.heads(i), kind), (!last).then_some(c.downsample_padding),
+            )?);
+        }
+        let mid_block = UNetMidBlock2DCrossAttn::load(
+            w,
+            "mid_block",
+            channels[blocks - 1],
+            ResnetSettings { output_scale_factor: c.mid_block_scale_factor, ..resnet },
+            CrossAttention { heads: c.heads(blocks - 1), context_dim: c.cross_attention_dim },
+        )?;
+        let mut up_blocks = Vec::new();
+        let reversed: Vec<usize> = channels.iter().rev().copied().collect();
+        for (i, kind) in c.up_block_types.iter().enumerate() {
+            let previous = reversed[i.saturating_sub(1)];
+            let inputs = reversed[(i + 1).min(blocks - 1)];
+            up_blocks.push(UpBlock2D::load(
+                w, &format!("up_blocks.{i}"), c.layers_per_block + 1, inputs, reversed[i], previous, resnet,
+                cross(c.heads(blocks - 1 - i), kind), i != blocks - 1,
+            )?);
+        }
+        Ok(Self {
+            config: c.clone(),
+            time_embedding: TimestepEmbedding::load(w, "time_embedding", channels[0], c.time_embed_dim())?,
+            conv_in: Conv2d::load_3x3(w, "conv_in", c.in_channels, channels[0])?,
+            down_blocks,
+            mid_block,
+            up_blocks,
+            conv_norm_out: GroupNorm::load(w, "conv_norm_out", c.norm_num_groups, channels[0], c.norm_eps)?,
+            conv_out: Conv2d::load_3x3(w, "conv_out", channels[0], c.out_channels)?,
+        })
+    }
+
+    pub fn config(&self) -> &UNetConfig {
+        &self.config
+    }
+
+    /// The noise prediction for `sample` `[B, C, H, W]` at `timestep` given `context`
+    /// `[B, T, cross_attention_dim]` (both in the compute dtype).
+    pub fn forward(&self, sample: Tensor<4>, timestep: f32, context: &Tensor<3>) -> Tensor<4> {
+        let batch = sample.dims()[0];
+        let c = &self.config;
+        let features: Vec<f32> = (0..batch)
+            .flat_map(|_| timestep_features(timestep, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift))
+            .collect();
+        let dtype: DType = sample.dtype();
+        let temb = silu(self.time_embedding.forward(features, batch, &sample.device(), dtype));
+
+        let mut x = self.conv_in.forward(sample);
+        let mut skips = vec![x.clone()];
+        for block in &self.down_blocks {
+            let (out, block_skips) = block.forward(x, &temb, context);
+            x = out;
+            skips.extend(block_skips);
+        }
+        x = self.mid_block.forward(x, &temb, context);
+        for block in &self.up_blocks {
+            x = block.forward(x, &mut skips, &temb, context);
+        }
+        self.conv_out.forward(self.conv_norm_out.forward_silu(x))
+    }
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use crate::config::UNetConfig;
+    use crate::gpu::{ComputeDType, DTypeChoice};
+    use crate::model_files::ModelSource;
+    use crate::pipeline::load_component;
+    use crate::testing::{Golden, read, relative_error, shared_gpu, tiny_model, upload};
+
+    #[test]
+    fn first_call_noise_prediction_matches_diffusers() {
+        pollster::block_on(async {
+            let gpu = shared_gpu(DTypeChoice::Exactly(ComputeDType::F32)).await;
+            let source = tiny_model(None);
+            let config = UNetConfig::from_json(&source.text("unet/config.json").unwrap()).unwrap();
+            let unet = load_component(&source, &gpu, "unet", &[], |w| super::UNet2DConditionModel::load(w, &config)).unwrap();
+            let golden = Golden::open("blocks.safetensors");
+            let t = golden.f32("unet.call.timestep")[0];
+            let out = unet.forward(upload(&golden, "unet.call.sample", &gpu), t, &upload(&golden, "unet.call.encoder_hidden_states", &gpu));
+            let err = relative_error(&read(out).await, &golden.f32("unet.call.out"));
+            assert!(err < 1e-5, "relative error {err}");
+        });
+    }
+}

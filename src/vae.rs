@@ -1,0 +1,83 @@
+//! The decoder half of diffusers' `AutoencoderKL`: `post_quant_conv`, then `Decoder` (conv_in,
+//! mid block with attention, up blocks, norm, SiLU, conv_out). The encoder is never loaded.
+
+use burn::tensor::Tensor;
+
+use crate::config::VaeConfig;
+use crate::layers::{Conv2d, GroupNorm};
+use crate::resnet::ResnetSettings;
+use crate::unet_2d_blocks::{UNetMidBlock2D, UpDecoderBlock2D};
+use crate::weights::{LoadError, Weights};
+
+/// Checkpoint prefixes the decoder does not use.
+pub const UNUSED: &[&str] = &["encoder.", "quant_conv."];
+
+pub struct AutoencoderKLDecoder {
+    config: VaeConfig,
+    post_quant_conv: Option<Conv2d>,
+    conv_in: Conv2d,
+    mid_block: UNetMidBlock2D,
+    up_blocks: Vec<UpDecoderBlock2D>,
+    conv_norm_out: GroupNorm,
+    conv_out: Conv2d,
+}
+
+impl AutoencoderKLDecoder {
+    pub fn load(w: &mut Weights, config: &VaeConfig) -> Result<Self, LoadError> {
+        let c = config;
+        let latent = c.latent_channels;
+        let top = *c.block_out_channels.last().expect("at least one block");
+        let resnet = ResnetSettings { groups: c.norm_num_groups, eps: 1e-6, temb_channels: None, output_scale_factor: 1.0 };
+        let reversed: Vec<usize> = c.block_out_channels.iter().rev().copied().collect();
+        let up_blocks = (0..reversed.len())
+            .map(|i| {
+                let inputs = reversed[i.saturating_sub(1)];
+                let last = i == reversed.len() - 1;
+                UpDecoderBlock2D::load(w, &format!("decoder.up_blocks.{i}"), c.layers_per_block + 1, inputs, reversed[i], resnet, !last)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            config: c.clone(),
+            post_quant_conv: c.use_post_quant_conv.then(|| Conv2d::load_1x1(w, "post_quant_conv", latent, latent)).transpose()?,
+            conv_in: Conv2d::load_3x3(w, "decoder.conv_in", latent, top)?,
+            mid_block: UNetMidBlock2D::load(w, "decoder.mid_block", top, resnet, c.mid_block_add_attention)?,
+            up_blocks,
+            conv_norm_out: GroupNorm::load(w, "decoder.conv_norm_out", c.norm_num_groups, reversed[reversed.len() - 1], 1e-6)?,
+            conv_out: Conv2d::load_3x3(w, "decoder.conv_out", reversed[reversed.len() - 1], c.out_channels)?,
+        })
+    }
+
+    /// The image in [-1, 1] (roughly) from denoised latents (unscaled: this divides by
+    /// `scaling_factor`).
+    pub fn decode(&self, latents: Tensor<4>) -> Tensor<4> {
+        let mut z = latents.div_scalar(self.config.scaling_factor);
+        if let Some(conv) = &self.post_quant_conv {
+            z = conv.forward(z);
+        }
+        let x = self.mid_block.forward(self.conv_in.forward(z));
+        let x = self.up_blocks.iter().fold(x, |x, block| block.forward(x));
+        self.conv_out.forward(self.conv_norm_out.forward_silu(x))
+    }
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use crate::config::VaeConfig;
+    use crate::gpu::{ComputeDType, DTypeChoice};
+    use crate::model_files::ModelSource;
+    use crate::pipeline::load_component;
+    use crate::testing::{Golden, read, relative_error, shared_gpu, tiny_model, upload};
+
+    #[test]
+    fn decoder_output_matches_diffusers_with_legacy_attention_names() {
+        pollster::block_on(async {
+            let gpu = shared_gpu(DTypeChoice::Exactly(ComputeDType::F32)).await;
+            let source = tiny_model(None);
+            let config = VaeConfig::from_json(&source.text("vae/config.json").unwrap()).unwrap();
+            let vae = load_component(&source, &gpu, "vae", super::UNUSED, |w| super::AutoencoderKLDecoder::load(w, &config)).unwrap();
+            let latents = upload(&Golden::open("run-pndm.safetensors"), "step5.latents", &gpu);
+            let err = relative_error(&read(vae.decode(latents)).await, &Golden::open("blocks.safetensors").f32("vae.decoder.out"));
+            assert!(err < 1e-5, "relative error {err}");
+        });
+    }
+}
