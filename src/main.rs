@@ -10,10 +10,18 @@ fn main() -> std::process::ExitCode {
 
 #[cfg(not(target_arch = "wasm32"))]
 mod cli {
+    use std::hash::{BuildHasher, Hasher};
+    use std::path::{Path, PathBuf};
     use std::process::ExitCode;
+    use std::time::Instant;
 
     use clap::{Parser, Subcommand};
-    use imvar::gpu::{self, DTypeChoice, GpuOptions};
+    use imvar::gpu::{self, DTypeChoice, Gpu, GpuOptions};
+    use imvar::model_files::{ModelDir, ModelSource};
+    use imvar::pipeline::{GenerateOptions, ImageVariationPipeline};
+    use imvar::preprocess;
+    use imvar::schedulers::SchedulerKind;
+    use indicatif::{ProgressBar, ProgressStyle};
 
     #[derive(Parser)]
     #[command(name = "imvar", version, about = "Stable Diffusion image variations on WebGPU")]
@@ -24,12 +32,60 @@ mod cli {
 
     #[derive(Subcommand)]
     enum Command {
+        /// Generates variations of a picture into OUT/variation-K.png.
+        Generate {
+            /// Model folder in the Hub layout.
+            #[arg(long)]
+            model: PathBuf,
+            /// The picture to vary (JPEG, PNG, WebP, GIF, BMP).
+            #[arg(long)]
+            image: PathBuf,
+            /// Output folder (created if needed).
+            #[arg(long)]
+            out: PathBuf,
+            /// Seed (torch.manual_seed-compatible); random and printed when absent.
+            #[arg(long)]
+            seed: Option<u64>,
+            #[arg(long, default_value_t = 50)]
+            steps: usize,
+            /// Classifier-free guidance scale (the model card uses 3).
+            #[arg(long, default_value_t = 3.0)]
+            guidance: f32,
+            /// pndm, ddim, euler, euler-a or dpm++2m; the model's own by default.
+            #[arg(long)]
+            scheduler: Option<SchedulerKind>,
+            /// Number of variations.
+            #[arg(long, default_value_t = 1)]
+            n: usize,
+            /// Weight files variant, e.g. fp16 (`*.fp16.safetensors`).
+            #[arg(long)]
+            variant: Option<String>,
+            #[arg(long, default_value = "auto")]
+            dtype: DTypeChoice,
+            /// Output size WxH in pixels; the model's sample size by default.
+            #[arg(long, value_parser = parse_size)]
+            size: Option<(usize, usize)>,
+        },
+        /// Prints the model's components, parameter counts, file dtypes and the adapter.
+        Info {
+            #[arg(long)]
+            model: PathBuf,
+            #[arg(long)]
+            variant: Option<String>,
+            #[arg(long, default_value = "auto")]
+            dtype: DTypeChoice,
+        },
         /// Opens the GPU and prints its capability report as JSON.
         Adapter {
             /// Compute dtype: auto (f16 where the adapter supports it), f16 or f32.
             #[arg(long, default_value = "auto")]
             dtype: DTypeChoice,
         },
+    }
+
+    fn parse_size(s: &str) -> Result<(usize, usize), String> {
+        let (w, h) = s.split_once(['x', 'X']).ok_or("expected WxH, e.g. 512x512")?;
+        Ok((w.parse().map_err(|_| "bad width")?, h.parse().map_err(|_| "bad height")?))
     }
 
     pub fn main() -> ExitCode {
@@ -42,14 +98,60 @@ mod cli {
         }
     }
 
+    fn open_gpu(dtype: DTypeChoice) -> Result<Gpu, String> {
+        pollster::block_on(gpu::init(&GpuOptions { dtype, ..Default::default() })).map_err(|e| e.to_string())
+    }
+
     fn run(cli: Cli) -> Result<(), String> {
         match cli.command {
+            Command::Generate { model, image, out, seed, steps, guidance, scheduler, n, variant, dtype, size } => {
+                let bytes = std::fs::read(&image).map_err(|e| format!("{}: {e}", image.display()))?;
+                let picture = preprocess::decode(&bytes).map_err(|e| format!("{}: {e}", image.display()))?;
+                let gpu = open_gpu(dtype)?;
+                let source = ModelDir::open(&model, variant.as_deref()).map_err(|e| e.to_string())?;
+                let pipeline = ImageVariationPipeline::load(&source, &gpu).map_err(|e| e.to_string())?;
+                // Below 2^32: torch's generator only uses a seed's low 32 bits.
+                let seed = seed.unwrap_or_else(|| std::collections::hash_map::RandomState::new().build_hasher().finish() >> 32);
+                println!("seed {seed}");
+                let options = GenerateOptions { n, steps, guidance, seed, scheduler, size };
+                let bar = ProgressBar::new(0);
+                bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} steps, {elapsed} elapsed, ETA {eta}").unwrap());
+                let started = Instant::now();
+                let result = pollster::block_on(pipeline.generate(&picture, &options, &mut |p| {
+                    bar.set_length(p.total as u64);
+                    bar.set_position(p.step as u64);
+                    true
+                }));
+                bar.finish_and_clear();
+                let variations = result.map_err(|e| e.to_string())?;
+                std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+                for v in &variations {
+                    let path = out.join(format!("variation-{}.png", v.index));
+                    std::fs::write(&path, preprocess::encode_png(&v.image)).map_err(|e| format!("{}: {e}", path.display()))?;
+                    println!("{}", path.display());
+                }
+                eprintln!("{} variation(s) in {:.1} s on {}", variations.len(), started.elapsed().as_secs_f32(), gpu.capabilities.summary());
+                Ok(())
+            }
+            Command::Info { model, variant, dtype } => info(&model, variant.as_deref(), dtype),
             Command::Adapter { dtype } => {
-                let gpu = pollster::block_on(gpu::init(&GpuOptions { dtype, ..Default::default() }))
-                    .map_err(|e| e.to_string())?;
+                let gpu = open_gpu(dtype)?;
                 println!("{}", serde_json::to_string_pretty(&gpu.capabilities).unwrap());
                 Ok(())
             }
         }
+    }
+
+    fn info(model: &Path, variant: Option<&str>, dtype: DTypeChoice) -> Result<(), String> {
+        let source = ModelDir::open(model, variant).map_err(|e| e.to_string())?;
+        for component in ["image_encoder", "unet", "vae"] {
+            let tensors = source.tensors(component).map_err(|e| e.to_string())?;
+            let params: usize = tensors.shapes().values().map(|s| s.iter().product::<usize>()).sum();
+            let dtypes: Vec<String> = tensors.dtypes().into_iter().collect();
+            println!("{component:<14} {:>8.1}M parameters  {}", params as f64 / 1e6, dtypes.join(","));
+        }
+        let gpu = open_gpu(dtype)?;
+        println!("adapter        {}", gpu.capabilities.summary());
+        Ok(())
     }
 }

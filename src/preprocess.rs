@@ -61,6 +61,16 @@ pub fn decode(bytes: &[u8]) -> Result<RgbImage, ImageError> {
     })
 }
 
+/// PNG bytes of a picture (how variations are saved and handed to the page).
+pub fn encode_png(image: &RgbImage) -> Vec<u8> {
+    let mut out = Cursor::new(Vec::new());
+    image::RgbImage::from_raw(image.width as u32, image.height as u32, image.pixels.clone())
+        .expect("pixel count matches the size")
+        .write_to(&mut out, image::ImageFormat::Png)
+        .expect("PNG encoding into memory cannot fail");
+    out.into_inner()
+}
+
 /// The CLIP input, CHW `[3, size, size]`, from a decoded picture.
 pub fn clip_input(image: &RgbImage, size: usize) -> Vec<f32> {
     let (w, h) = (image.width, image.height);

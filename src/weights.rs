@@ -46,6 +46,8 @@ pub trait TensorSource {
     fn shapes(&self) -> BTreeMap<String, Vec<usize>>;
     /// Reads one tensor.
     fn read(&mut self, name: &str) -> Result<RawTensor, LoadError>;
+    /// The distinct storage dtypes, for reports ("F32", "F16").
+    fn dtypes(&self) -> BTreeSet<String>;
 }
 
 /// The safetensors header: 8-byte little-endian length, then JSON. Shared by every source.
@@ -191,6 +193,10 @@ impl TensorSource for SafetensorsFile {
         self.metadata.tensors().into_iter().map(|(name, info)| (name, info.shape.clone())).collect()
     }
 
+    fn dtypes(&self) -> BTreeSet<String> {
+        self.metadata.tensors().values().map(|info| format!("{:?}", info.dtype)).collect()
+    }
+
     fn read(&mut self, name: &str) -> Result<RawTensor, LoadError> {
         use std::io::{Read, Seek, SeekFrom};
         let info = self.metadata.info(name).ok_or_else(|| LoadError::Io(format!("{name} vanished")))?;
@@ -226,6 +232,10 @@ mod tests {
 
         fn read(&mut self, name: &str) -> Result<RawTensor, LoadError> {
             self.inner.read(name)
+        }
+
+        fn dtypes(&self) -> BTreeSet<String> {
+            self.inner.dtypes()
         }
     }
 

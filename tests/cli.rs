@@ -1,0 +1,98 @@
+//! The `imvar` binary end to end on the tiny fixture model (native wgpu on lavapipe).
+#![cfg(not(target_arch = "wasm32"))]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use imvar::preprocess::{RgbImage, decode};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn imvar(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_imvar")).args(args).output().expect("imvar runs")
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("imvar-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn png(path: &Path) -> RgbImage {
+    decode(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// One error line on stderr, a non-zero exit, no panic.
+fn assert_clear_failure(out: &Output, words: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains(words), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn generate_reproduces_the_reference_pngs() {
+    let model = fixtures().join("tiny-sd-image-variations");
+    let input = fixtures().join("input.png");
+    for (scheduler, n, variant, golden) in [("pndm", "2", Some("fp16"), "pndm-n2-g3-fp16"), ("dpm++2m", "1", None, "dpm++2m-n1-g3-fp32")] {
+        let out = temp_dir(scheduler);
+        let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--image", input.to_str().unwrap(),
+            "--out", out.to_str().unwrap(), "--seed", "2026", "--steps", "5", "--scheduler", scheduler, "--n", n, "--dtype", "f32"];
+        if let Some(v) = variant {
+            args.extend(["--variant", v]);
+        }
+        let result = imvar(&args);
+        assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+        assert!(String::from_utf8_lossy(&result.stdout).starts_with("seed 2026\n"));
+        for k in 0..n.parse().unwrap() {
+            let ours = png(&out.join(format!("variation-{k}.png")));
+            let theirs = png(&fixtures().join(format!("golden/images/{golden}-{k}.png")));
+            let worst = ours.pixels.iter().zip(&theirs.pixels).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+            assert!(worst <= 2, "{golden}-{k}: {worst} levels");
+        }
+    }
+}
+
+#[test]
+fn bad_input_is_one_clear_line() {
+    let model = fixtures().join("tiny-sd-image-variations");
+    let dir = temp_dir("bad");
+    let corrupt = dir.join("corrupt.png");
+    let png = std::fs::read(fixtures().join("input.png")).unwrap();
+    std::fs::write(&corrupt, &png[..png.len() / 3]).unwrap();
+    let run = |image: &Path, model: &Path, extra: &[&str]| {
+        let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--image", image.to_str().unwrap(),
+            "--out", dir.to_str().unwrap(), "--steps", "1", "--dtype", "f32"];
+        args.extend(extra);
+        imvar(&args)
+    };
+    assert_clear_failure(&run(&corrupt, &model, &[]), "damaged or truncated");
+    assert_clear_failure(&run(&fixtures().join("README.md"), &model, &[]), "not an image");
+    assert_clear_failure(&run(&fixtures().join("input.png"), &model, &["--scheduler", "heun"]), "unknown scheduler 'heun'");
+
+    // A model folder whose UNet lacks one tensor.
+    let broken = dir.join("model");
+    copy_dir(&model, &broken);
+    let file = broken.join("unet/diffusion_pytorch_model.safetensors");
+    let bytes = std::fs::read(&file).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let kept: Vec<_> = tensors.tensors().into_iter().filter(|(name, _)| name != "conv_out.bias").collect();
+    safetensors::serialize_to_file(kept, None, &file).unwrap();
+    assert_clear_failure(&run(&fixtures().join("input.png"), &broken, &[]), "unet: tensor `conv_out.bias` is missing");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
