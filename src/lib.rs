@@ -3,6 +3,8 @@
 //! The model core is platform-free; `web` (the browser API) and the CLI sit at the edges.
 
 pub mod attention;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod bench;
 pub mod clip_vision;
 pub mod config;
 pub mod embeddings;

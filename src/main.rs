@@ -18,7 +18,7 @@ mod cli {
     use clap::{Parser, Subcommand};
     use imvar::gpu::{self, DTypeChoice, Gpu, GpuOptions};
     use imvar::model_files::{ModelDir, ModelSource};
-    use imvar::pipeline::{GenerateOptions, ImageVariationPipeline};
+    use imvar::pipeline::{GenerateOptions, ImageVariationPipeline, WeightsFrom};
     use imvar::preprocess;
     use imvar::schedulers::SchedulerKind;
     use indicatif::{ProgressBar, ProgressStyle};
@@ -63,6 +63,29 @@ mod cli {
             #[arg(long, default_value = "auto")]
             dtype: DTypeChoice,
             /// Output size WxH in pixels; the model's sample size by default.
+            #[arg(long, value_parser = parse_size)]
+            size: Option<(usize, usize)>,
+        },
+        /// Times each stage (CLIP, one UNet call at batch 2n, a scheduler step, VAE decode, a
+        /// whole generation) and prints one JSON line per stage.
+        Bench {
+            /// Model folder; with --random-weights only its configs are read.
+            #[arg(long)]
+            model: PathBuf,
+            /// Random weights in the configs' shapes (no weight files needed).
+            #[arg(long)]
+            random_weights: bool,
+            #[arg(long, default_value_t = 1)]
+            n: usize,
+            #[arg(long, default_value_t = 50)]
+            steps: usize,
+            /// Timed runs per stage (the median is printed).
+            #[arg(long, default_value_t = 5)]
+            runs: usize,
+            #[arg(long)]
+            variant: Option<String>,
+            #[arg(long, default_value = "auto")]
+            dtype: DTypeChoice,
             #[arg(long, value_parser = parse_size)]
             size: Option<(usize, usize)>,
         },
@@ -113,7 +136,7 @@ mod cli {
                 // Below 2^32: torch's generator only uses a seed's low 32 bits.
                 let seed = seed.unwrap_or_else(|| std::collections::hash_map::RandomState::new().build_hasher().finish() >> 32);
                 println!("seed {seed}");
-                let options = GenerateOptions { n, steps, guidance, seed, scheduler, size };
+                let options = GenerateOptions { n, steps, guidance, seed, scheduler, size, previews: false };
                 let bar = ProgressBar::new(0);
                 bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} steps, {elapsed} elapsed, ETA {eta}").unwrap());
                 let started = Instant::now();
@@ -131,6 +154,15 @@ mod cli {
                     println!("{}", path.display());
                 }
                 eprintln!("{} variation(s) in {:.1} s on {}", variations.len(), started.elapsed().as_secs_f32(), gpu.capabilities.summary());
+                Ok(())
+            }
+            Command::Bench { model, random_weights, n, steps, runs, variant, dtype, size } => {
+                let gpu = open_gpu(dtype)?;
+                let source = ModelDir::open(&model, variant.as_deref()).map_err(|e| e.to_string())?;
+                let from = if random_weights { WeightsFrom::Random } else { WeightsFrom::Files };
+                let pipeline = ImageVariationPipeline::load_from(&source, &gpu, from).map_err(|e| e.to_string())?;
+                let options = imvar::bench::BenchOptions { n, steps, runs: runs.max(1), size };
+                imvar::bench::run(&pipeline, &gpu, &options).map_err(|e| e.to_string())?;
                 Ok(())
             }
             Command::Info { model, variant, dtype } => info(&model, variant.as_deref(), dtype),

@@ -22,6 +22,33 @@ pub fn weights_file(component: &str, variant: Option<&str>) -> String {
     }
 }
 
+/// A model held in memory: repo paths to file bytes.
+#[derive(Default)]
+pub struct MemoryModel {
+    files: std::collections::BTreeMap<String, std::sync::Arc<[u8]>>,
+}
+
+impl MemoryModel {
+    pub fn insert(&mut self, path: &str, bytes: impl Into<std::sync::Arc<[u8]>>) {
+        self.files.insert(path.into(), bytes.into());
+    }
+
+    fn file(&self, path: &str) -> Result<&std::sync::Arc<[u8]>, LoadError> {
+        self.files.get(path).ok_or_else(|| LoadError::Io(format!("{path}: not in the model")))
+    }
+}
+
+impl ModelSource for MemoryModel {
+    fn text(&self, path: &str) -> Result<String, LoadError> {
+        String::from_utf8(self.file(path)?.to_vec()).map_err(|_| LoadError::Io(format!("{path}: not UTF-8")))
+    }
+
+    fn tensors(&self, component: &str) -> Result<Box<dyn TensorSource>, LoadError> {
+        let path = weights_file(component, None);
+        Ok(Box::new(crate::weights::SafetensorsBytes::new(&path, self.file(&path)?.clone())?))
+    }
+}
+
 /// A local folder in the Hub layout.
 #[cfg(not(target_arch = "wasm32"))]
 pub struct ModelDir {

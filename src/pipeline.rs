@@ -40,19 +40,56 @@ pub struct GenerateOptions {
     pub scheduler: Option<SchedulerKind>,
     /// Output (width, height) in pixels.
     pub size: Option<(usize, usize)>,
+    /// Hand a cheap RGB preview of every variation's latents to each progress report (costs a
+    /// small GPU read per step).
+    pub previews: bool,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self { n: 1, steps: 50, guidance: 3.0, seed: 0, scheduler: None, size: None }
+        Self { n: 1, steps: 50, guidance: 3.0, seed: 0, scheduler: None, size: None, previews: false }
     }
 }
 
 /// Reported after every denoising step; returning `false` from the callback cancels.
-#[derive(Clone, Copy, Debug)]
 pub struct Progress {
     pub step: usize,
     pub total: usize,
+    /// One per variation, at latent resolution, when `GenerateOptions::previews` is set.
+    pub previews: Vec<RgbImage>,
+}
+
+/// How much each latent channel adds to R, G and B: a linear fit of SD1's VAE decoder, good
+/// enough to watch an image form (latent resolution, no VAE call).
+const LATENT_RGB: [[f32; 3]; 4] = [
+    [0.3512, 0.2297, 0.3227],
+    [0.3250, 0.4974, 0.2350],
+    [-0.2829, 0.1762, 0.2721],
+    [-0.2120, -0.2616, -0.7177],
+];
+
+/// Previews of latents `[n, c, h, w]` (row-major values): the linear fit above for 4-channel
+/// latents, the channel mean in grey otherwise.
+pub fn latent_previews(values: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<RgbImage> {
+    let plane = h * w;
+    (0..n)
+        .map(|b| {
+            let latent = &values[b * c * plane..(b + 1) * c * plane];
+            let pixels = (0..plane)
+                .flat_map(|p| {
+                    (0..3).map(move |rgb| {
+                        let v: f32 = if c == LATENT_RGB.len() {
+                            (0..c).map(|ch| latent[ch * plane + p] * LATENT_RGB[ch][rgb]).sum()
+                        } else {
+                            (0..c).map(|ch| latent[ch * plane + p]).sum::<f32>() / c as f32
+                        };
+                        ((v + 1.0) * 127.5).clamp(0.0, 255.0) as u8
+                    })
+                })
+                .collect();
+            RgbImage { width: w, height: h, pixels }
+        })
+        .collect()
 }
 
 /// One generated picture, identified by (seed, index).
@@ -70,6 +107,15 @@ pub struct ImageVariationPipeline {
     scheduler_config: SchedulerConfig,
 }
 
+/// Where the weights come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightsFrom {
+    /// The model's weight files.
+    Files,
+    /// Random weights in the shapes the configs imply (benchmarks without the files).
+    Random,
+}
+
 /// Loads one component's weights through `load`, then checks nothing was left over.
 pub fn load_component<T>(
     source: &dyn ModelSource,
@@ -85,8 +131,26 @@ pub fn load_component<T>(
     Ok(model)
 }
 
+fn load_weights<T>(
+    from: WeightsFrom,
+    source: &dyn ModelSource,
+    gpu: &Gpu,
+    component: &str,
+    unused: &[&str],
+    load: impl FnOnce(&mut Weights) -> Result<T, LoadError>,
+) -> Result<T, LoadError> {
+    match from {
+        WeightsFrom::Files => load_component(source, gpu, component, unused, load),
+        WeightsFrom::Random => load(&mut Weights::random(component, &gpu.device, gpu.capabilities.compute_dtype)),
+    }
+}
+
 impl ImageVariationPipeline {
     pub fn load(source: &dyn ModelSource, gpu: &Gpu) -> Result<Self, PipelineError> {
+        Self::load_from(source, gpu, WeightsFrom::Files)
+    }
+
+    pub fn load_from(source: &dyn ModelSource, gpu: &Gpu, from: WeightsFrom) -> Result<Self, PipelineError> {
         ModelIndex::from_json(&source.text("model_index.json")?)?;
         let clip_config = ClipVisionConfig::from_json(&source.text("image_encoder/config.json")?)?;
         let unet_config = UNetConfig::from_json(&source.text("unet/config.json")?)?;
@@ -99,14 +163,26 @@ impl ImageVariationPipeline {
             )));
         }
         Ok(Self {
-            image_encoder: load_component(source, gpu, "image_encoder", &[], |w| {
+            image_encoder: load_weights(from, source, gpu, "image_encoder", &[], |w| {
                 ClipVisionModelWithProjection::load(w, &clip_config)
             })?,
-            unet: load_component(source, gpu, "unet", &[], |w| UNet2DConditionModel::load(w, &unet_config))?,
-            vae: load_component(source, gpu, "vae", vae::UNUSED, |w| AutoencoderKLDecoder::load(w, &vae_config))?,
+            unet: load_weights(from, source, gpu, "unet", &[], |w| UNet2DConditionModel::load(w, &unet_config))?,
+            vae: load_weights(from, source, gpu, "vae", vae::UNUSED, |w| AutoencoderKLDecoder::load(w, &vae_config))?,
             scheduler_config,
             gpu: gpu.clone(),
         })
+    }
+
+    pub fn unet(&self) -> &UNet2DConditionModel {
+        &self.unet
+    }
+
+    pub fn vae(&self) -> &AutoencoderKLDecoder {
+        &self.vae
+    }
+
+    pub fn scheduler_config(&self) -> &SchedulerConfig {
+        &self.scheduler_config
     }
 
     /// The model's own scheduler (from its config's class name), PNDM if unknown.
@@ -195,7 +271,13 @@ impl ImageVariationPipeline {
                 noise
             };
             latents = scheduler.step(index, noise, latents, &mut generator);
-            if !on_step(Progress { step: index + 1, total: timesteps.len() }) {
+            let previews = if options.previews {
+                let data = latents.to_data_async().await.map_err(|e| PipelineError::Gpu(format!("{e:?}")))?;
+                latent_previews(&data.iter::<f32>().collect::<Vec<_>>(), shape)
+            } else {
+                Vec::new()
+            };
+            if !on_step(Progress { step: index + 1, total: timesteps.len(), previews }) {
                 return Err(PipelineError::Cancelled);
             }
         }
@@ -261,6 +343,7 @@ mod tests {
                         seed: run["seed"].as_u64().unwrap(),
                         scheduler: Some(run["scheduler"].as_str().unwrap().parse().unwrap()),
                         size: None,
+                        previews: false,
                     };
                     let mut steps = 0;
                     let out = pipeline.generate(&image, &options, &mut |p| { steps = p.step; true }).await.unwrap();
@@ -298,8 +381,14 @@ mod tests {
             let gpu = shared_gpu(DTypeChoice::Exactly(ComputeDType::F32)).await;
             let pipeline = ImageVariationPipeline::load(&tiny_model(None), &gpu).unwrap();
             let mut seen = Vec::new();
-            let options = GenerateOptions { steps: 5, ..Default::default() };
-            let result = pipeline.generate(&input(), &options, &mut |p| { seen.push(p.step); p.step < 2 }).await;
+            let options = GenerateOptions { steps: 5, n: 2, previews: true, ..Default::default() };
+            let result = pipeline.generate(&input(), &options, &mut |p| {
+                // Latent-resolution previews, one per variation.
+                assert_eq!(p.previews.len(), 2);
+                assert_eq!((p.previews[0].width, p.previews[0].pixels.len()), (16, 16 * 16 * 3));
+                seen.push(p.step);
+                p.step < 2
+            }).await;
             assert!(matches!(result, Err(PipelineError::Cancelled)));
             assert_eq!(seen, [1, 2]);
         });

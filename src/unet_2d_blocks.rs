@@ -31,6 +31,34 @@ fn load_attentions(
         .collect()
 }
 
+/// `layers` resnets in a row: the first from `inputs` channels, the rest `outputs` to `outputs`.
+fn load_resnets(
+    w: &mut Weights,
+    name: &str,
+    layers: usize,
+    inputs: usize,
+    outputs: usize,
+    resnet: ResnetSettings,
+) -> Result<Vec<ResnetBlock2D>, LoadError> {
+    (0..layers)
+        .map(|i| {
+            let ins = if i == 0 { inputs } else { outputs };
+            ResnetBlock2D::load(w, &format!("{name}.resnets.{i}"), ins, outputs, resnet)
+        })
+        .collect()
+}
+
+fn load_upsampler(w: &mut Weights, name: &str, channels: usize, upsample: bool) -> Result<Option<Upsample2D>, LoadError> {
+    upsample.then(|| Upsample2D::load(w, &format!("{name}.upsamplers.0"), channels)).transpose()
+}
+
+fn upsample(upsampler: &Option<Upsample2D>, x: Tensor<4>) -> Tensor<4> {
+    match upsampler {
+        Some(up) => up.forward(x),
+        None => x,
+    }
+}
+
 /// Resnets (each followed by its transformer, if any), then an optional downsampler. Returns
 /// the output and every intermediate the up path concatenates back.
 pub struct DownBlock2D {
@@ -52,12 +80,7 @@ impl DownBlock2D {
         downsample_padding: Option<usize>,
     ) -> Result<Self, LoadError> {
         Ok(Self {
-            resnets: (0..layers)
-                .map(|i| {
-                    let ins = if i == 0 { inputs } else { outputs };
-                    ResnetBlock2D::load(w, &format!("{name}.resnets.{i}"), ins, outputs, resnet)
-                })
-                .collect::<Result<_, _>>()?,
+            resnets: load_resnets(w, name, layers, inputs, outputs, resnet)?,
             attentions: load_attentions(w, name, layers, outputs, attention, resnet.groups)?,
             downsampler: downsample_padding
                 .map(|p| Downsample2D::load(w, &format!("{name}.downsamplers.0"), outputs, p))
@@ -140,7 +163,7 @@ impl UpBlock2D {
                 })
                 .collect::<Result<_, _>>()?,
             attentions: load_attentions(w, name, layers, outputs, attention, resnet.groups)?,
-            upsampler: upsample.then(|| Upsample2D::load(w, &format!("{name}.upsamplers.0"), outputs)).transpose()?,
+            upsampler: load_upsampler(w, name, outputs, upsample)?,
         })
     }
 
@@ -152,10 +175,7 @@ impl UpBlock2D {
                 x = attention.forward(x, context);
             }
         }
-        match &self.upsampler {
-            Some(up) => up.forward(x),
-            None => x,
-        }
+        upsample(&self.upsampler, x)
     }
 }
 
@@ -214,21 +234,12 @@ impl UpDecoderBlock2D {
         upsample: bool,
     ) -> Result<Self, LoadError> {
         Ok(Self {
-            resnets: (0..layers)
-                .map(|i| {
-                    let ins = if i == 0 { inputs } else { outputs };
-                    ResnetBlock2D::load(w, &format!("{name}.resnets.{i}"), ins, outputs, resnet)
-                })
-                .collect::<Result<_, _>>()?,
-            upsampler: upsample.then(|| Upsample2D::load(w, &format!("{name}.upsamplers.0"), outputs)).transpose()?,
+            resnets: load_resnets(w, name, layers, inputs, outputs, resnet)?,
+            upsampler: load_upsampler(w, name, outputs, upsample)?,
         })
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = self.resnets.iter().fold(x, |x, r| r.forward(x, None));
-        match &self.upsampler {
-            Some(up) => up.forward(x),
-            None => x,
-        }
+        upsample(&self.upsampler, self.resnets.iter().fold(x, |x, r| r.forward(x, None)))
     }
 }

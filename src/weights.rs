@@ -55,9 +55,19 @@ pub fn parse_header(header_json: &[u8]) -> Result<Metadata, String> {
     serde_json::from_slice(header_json).map_err(|e| format!("invalid safetensors header: {e}"))
 }
 
+fn shapes_of(metadata: &Metadata) -> BTreeMap<String, Vec<usize>> {
+    metadata.tensors().into_iter().map(|(name, info)| (name, info.shape.clone())).collect()
+}
+
+fn dtypes_of(metadata: &Metadata) -> BTreeSet<String> {
+    metadata.tensors().values().map(|info| format!("{:?}", info.dtype)).collect()
+}
+
 /// Loads a component's tensors by name onto the device, recording which were used.
 pub struct Weights<'a> {
-    source: &'a mut dyn TensorSource,
+    /// `None`: random weights of whatever shape the config implies (benchmarks of the real
+    /// model's size without its files).
+    source: Option<&'a mut dyn TensorSource>,
     component: String,
     device: Device,
     dtype: ComputeDType,
@@ -69,7 +79,19 @@ impl<'a> Weights<'a> {
     pub fn new(source: &'a mut dyn TensorSource, component: &str, device: &Device, dtype: ComputeDType) -> Self {
         Self {
             shapes: source.shapes(),
-            source,
+            source: Some(source),
+            component: component.into(),
+            device: device.clone(),
+            dtype,
+            used: BTreeSet::new(),
+        }
+    }
+
+    /// Small uniform random weights, generated on the device, for every tensor asked for.
+    pub fn random(component: &str, device: &Device, dtype: ComputeDType) -> Self {
+        Self {
+            shapes: BTreeMap::new(),
+            source: None,
             component: component.into(),
             device: device.clone(),
             dtype,
@@ -89,14 +111,25 @@ impl<'a> Weights<'a> {
         self.shapes.contains_key(name)
     }
 
+    fn random_tensor<const D: usize>(&self, shape: [usize; D]) -> Tensor<D> {
+        let options = (&self.device, DType::from(self.dtype.burn()));
+        Tensor::random(shape, burn::tensor::Distribution::Uniform(-0.02, 0.02), options)
+    }
+
     /// The tensor `name`, which must have exactly `shape`.
     pub fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Tensor<D>, LoadError> {
+        if self.source.is_none() {
+            return Ok(self.random_tensor(shape));
+        }
         let raw = self.read(name, &shape)?;
         Ok(Tensor::from_data(raw, (&self.device, DType::from(self.dtype.burn()))))
     }
 
     /// A PyTorch Linear weight `[out, in]`, transposed to the `[in, out]` that `linear` takes.
     pub fn linear_weight(&mut self, name: &str, inputs: usize, outputs: usize) -> Result<Tensor<2>, LoadError> {
+        if self.source.is_none() {
+            return Ok(self.random_tensor([inputs, outputs]));
+        }
         let data = self.read(name, &[outputs, inputs])?;
         let values: Vec<f32> = data.iter::<f32>().collect();
         let mut transposed = vec![0.0f32; values.len()];
@@ -124,7 +157,7 @@ impl<'a> Weights<'a> {
                 expected: shape.to_vec(),
             });
         }
-        let raw = self.source.read(name)?;
+        let raw = self.source.as_mut().expect("random weights never read").read(name)?;
         self.used.insert(name.into());
         let dtype = match raw.dtype {
             Dtype::F32 => DType::F32,
@@ -159,6 +192,43 @@ impl<'a> Weights<'a> {
     }
 }
 
+/// A whole safetensors file in memory (small models, tests, a file fetched in one piece).
+pub struct SafetensorsBytes {
+    bytes: std::sync::Arc<[u8]>,
+    metadata: Metadata,
+    data_start: usize,
+}
+
+impl SafetensorsBytes {
+    pub fn new(name: &str, bytes: std::sync::Arc<[u8]>) -> Result<Self, LoadError> {
+        let bad = || LoadError::Io(format!("{name}: not a safetensors file"));
+        let len = u64::from_le_bytes(bytes.get(..8).ok_or_else(bad)?.try_into().unwrap()) as usize;
+        let header = bytes.get(8..8usize.checked_add(len).ok_or_else(bad)?).ok_or_else(bad)?;
+        let metadata = parse_header(header).map_err(|e| LoadError::Io(format!("{name}: {e}")))?;
+        Ok(Self { metadata, data_start: 8 + len, bytes })
+    }
+}
+
+impl TensorSource for SafetensorsBytes {
+    fn shapes(&self) -> BTreeMap<String, Vec<usize>> {
+        shapes_of(&self.metadata)
+    }
+
+    fn dtypes(&self) -> BTreeSet<String> {
+        dtypes_of(&self.metadata)
+    }
+
+    fn read(&mut self, name: &str) -> Result<RawTensor, LoadError> {
+        let info = self.metadata.info(name).ok_or_else(|| LoadError::Io(format!("{name} vanished")))?;
+        let (start, end) = info.data_offsets;
+        let bytes = self
+            .bytes
+            .get(self.data_start + start..self.data_start + end)
+            .ok_or_else(|| LoadError::Io(format!("{name}: the file is truncated")))?;
+        Ok(RawTensor { shape: info.shape.clone(), dtype: info.dtype, bytes: bytes.to_vec() })
+    }
+}
+
 /// A safetensors file on local disk, read tensor by tensor.
 #[cfg(not(target_arch = "wasm32"))]
 pub struct SafetensorsFile {
@@ -190,11 +260,11 @@ impl SafetensorsFile {
 #[cfg(not(target_arch = "wasm32"))]
 impl TensorSource for SafetensorsFile {
     fn shapes(&self) -> BTreeMap<String, Vec<usize>> {
-        self.metadata.tensors().into_iter().map(|(name, info)| (name, info.shape.clone())).collect()
+        shapes_of(&self.metadata)
     }
 
     fn dtypes(&self) -> BTreeSet<String> {
-        self.metadata.tensors().values().map(|info| format!("{:?}", info.dtype)).collect()
+        dtypes_of(&self.metadata)
     }
 
     fn read(&mut self, name: &str) -> Result<RawTensor, LoadError> {

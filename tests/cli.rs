@@ -96,3 +96,18 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+#[test]
+fn bench_prints_one_json_line_per_stage_with_random_weights() {
+    let model = fixtures().join("tiny-sd-image-variations");
+    let out = imvar(&["bench", "--model", model.to_str().unwrap(), "--random-weights", "--runs", "1", "--steps", "2", "--dtype", "f32"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let stages: Vec<&str> = lines.iter().map(|l| l["stage"].as_str().unwrap()).collect();
+    assert_eq!(&stages[..5], ["clip_encode", "unet_call", "scheduler_step", "vae_decode", "generation"]);
+    for line in &lines[..5] {
+        assert!(line["median_ms"].as_f64().unwrap() > 0.0, "{line}");
+        assert_eq!(line["dtype"], "f32");
+    }
+    assert_eq!(lines[1]["batch"], 2);
+}

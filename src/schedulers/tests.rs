@@ -34,8 +34,7 @@ fn timesteps_sigmas_and_init_noise_sigma_match_diffusers() {
             assert_close(&[scheduler.init_noise_sigma()], &golden.f32(&key("init_noise_sigma")), 0.0, 1e-6);
             if golden.names().contains(&key("sigmas")) {
                 let sigmas = match kind {
-                    SchedulerKind::Euler => euler_discrete::euler_sigmas(&config, steps).1,
-                    SchedulerKind::EulerAncestral => euler_discrete::euler_sigmas(&config, steps).1,
+                    SchedulerKind::Euler | SchedulerKind::EulerAncestral => euler_discrete::EulerSchedule::new(&config, steps).sigmas,
                     SchedulerKind::DpmSolverMultistep => DpmSolverMultistepScheduler::new(&config, steps).sigmas,
                     _ => unreachable!("{} has no sigmas", kind.name()),
                 };
