@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::gpu::Gpu;
 use crate::pipeline::{GenerateOptions, ImageVariationPipeline, PipelineError};
 use crate::preprocess::RgbImage;
-use crate::torch_rng::TorchGenerator;
+use crate::torch_rng::BatchNoise;
 
 pub struct BenchOptions {
     pub n: usize,
@@ -76,8 +76,8 @@ pub fn run(pipeline: &ImageVariationPipeline, gpu: &Gpu, options: &BenchOptions)
     let kind = pipeline.default_scheduler();
     let ms = time_stage(options.runs, || {
         let mut scheduler = kind.build(pipeline.scheduler_config(), options.steps);
-        let mut generator = TorchGenerator::new(0);
-        drop(scheduler.step(0, latents.clone(), latents.clone(), &mut generator));
+        let mut noise = BatchNoise::new(0, options.n, 0..options.n);
+        drop(scheduler.step(0, latents.clone(), latents.clone(), &mut noise));
         sync(gpu)
     })?;
     report("scheduler_step", options.n, ms);

@@ -136,7 +136,7 @@ mod cli {
                 // Below 2^32: torch's generator only uses a seed's low 32 bits.
                 let seed = seed.unwrap_or_else(|| std::collections::hash_map::RandomState::new().build_hasher().finish() >> 32);
                 println!("seed {seed}");
-                let options = GenerateOptions { n, steps, guidance, seed, scheduler, size, previews: false };
+                let options = GenerateOptions { n, steps, guidance, seed, scheduler, size, ..Default::default() };
                 let bar = ProgressBar::new(0);
                 bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} steps, {elapsed} elapsed, ETA {eta}").unwrap());
                 let started = Instant::now();

@@ -9,7 +9,7 @@ use crate::gpu::Gpu;
 use crate::model_files::ModelSource;
 use crate::preprocess::{self, RgbImage};
 use crate::schedulers::SchedulerKind;
-use crate::torch_rng::TorchGenerator;
+use crate::torch_rng::BatchNoise;
 use crate::unet_2d::UNet2DConditionModel;
 use crate::vae::{self, AutoencoderKLDecoder};
 use crate::weights::{LoadError, Weights};
@@ -40,6 +40,8 @@ pub struct GenerateOptions {
     pub scheduler: Option<SchedulerKind>,
     /// Output (width, height) in pixels.
     pub size: Option<(usize, usize)>,
+    /// Variations per UNet batch; `None` for as many as the device's limits allow.
+    pub max_batch: Option<usize>,
     /// Hand a cheap RGB preview of every variation's latents to each progress report (costs a
     /// small GPU read per step).
     pub previews: bool,
@@ -47,7 +49,7 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self { n: 1, steps: 50, guidance: 3.0, seed: 0, scheduler: None, size: None, previews: false }
+        Self { n: 1, steps: 50, guidance: 3.0, seed: 0, scheduler: None, size: None, max_batch: None, previews: false }
     }
 }
 
@@ -55,7 +57,10 @@ impl Default for GenerateOptions {
 pub struct Progress {
     pub step: usize,
     pub total: usize,
-    /// One per variation, at latent resolution, when `GenerateOptions::previews` is set.
+    /// Index of the first variation of the batch being denoised.
+    pub first: usize,
+    /// One per variation of that batch, at latent resolution, when `GenerateOptions::previews`
+    /// is set.
     pub previews: Vec<RgbImage>,
 }
 
@@ -232,8 +237,18 @@ impl ImageVariationPipeline {
         Ok((w, h))
     }
 
-    /// Generates `options.n` variations of `image`. `on_step` hears after every step and
-    /// cancels by returning `false`.
+    /// How many variations one UNet batch can hold: burn's non-fused attention materialises
+    /// the first block's score matrix, `2 (guidance) x heads x tokens^2` f32 values per image,
+    /// and it must fit one storage binding.
+    pub fn max_batch(&self, width: usize, height: usize) -> usize {
+        let scale = self.vae_scale();
+        let tokens = (width / scale) * (height / scale);
+        let per_image = 2 * self.unet.config().heads(0) * tokens * tokens * 4;
+        (self.gpu.capabilities.max_storage_buffer_binding_size as usize / per_image.max(1)).max(1)
+    }
+
+    /// Generates `options.n` variations of `image`, in as few batches as the device allows.
+    /// `on_step` hears after every step and cancels by returning `false`.
     pub async fn generate(
         &self,
         image: &RgbImage,
@@ -241,48 +256,73 @@ impl ImageVariationPipeline {
         on_step: &mut dyn FnMut(Progress) -> bool,
     ) -> Result<Vec<Variation>, PipelineError> {
         let (width, height) = self.validate(options)?;
-        let n = options.n;
-        let guided = options.guidance > 1.0;
         let embeds = self.encode_image(image);
+        let kind = options.scheduler.unwrap_or(self.default_scheduler());
+        let chunk = options.max_batch.unwrap_or_else(|| self.max_batch(width, height)).clamp(1, options.n);
+        let calls = kind.build(&self.scheduler_config, options.steps).timesteps().len();
+        let total = options.n.div_ceil(chunk) * calls;
+        let mut variations = Vec::with_capacity(options.n);
+        for start in (0..options.n).step_by(chunk) {
+            let rows = start..(start + chunk).min(options.n);
+            let done = (start / chunk) * calls;
+            let mut report = |p: Progress| on_step(Progress { step: done + p.step, total, ..p });
+            let latents = self.denoise(&embeds, kind, rows.clone(), (width, height), options, &mut report).await?;
+            for (i, image) in self.decode(latents).await?.into_iter().enumerate() {
+                variations.push(Variation { seed: options.seed, index: rows.start + i, image });
+            }
+        }
+        Ok(variations)
+    }
+
+    /// The denoising loop for variations `rows` of a batch of `options.n`.
+    async fn denoise(
+        &self,
+        embeds: &Tensor<2>,
+        kind: SchedulerKind,
+        rows: std::ops::Range<usize>,
+        (width, height): (usize, usize),
+        options: &GenerateOptions,
+        on_step: &mut dyn FnMut(Progress) -> bool,
+    ) -> Result<Tensor<4>, PipelineError> {
+        let n = rows.len();
+        let guided = options.guidance > 1.0;
         let [_, dim] = embeds.dims();
-        let cond = embeds.reshape([1, 1, dim]).repeat_dim(0, n);
+        let cond = embeds.clone().reshape([1, 1, dim]).repeat_dim(0, n);
         let context = if guided { Tensor::cat(vec![cond.clone().zeros_like(), cond], 0) } else { cond };
 
-        let kind = options.scheduler.unwrap_or(self.default_scheduler());
         let mut scheduler = kind.build(&self.scheduler_config, options.steps);
-        let mut generator = TorchGenerator::new(options.seed);
+        let mut noise = BatchNoise::new(options.seed, options.n, rows.clone());
         let scale = self.vae_scale();
         let shape = [n, self.unet.config().in_channels, height / scale, width / scale];
-        let noise = generator.randn(shape.iter().product());
-        let mut latents = Tensor::<4>::from_data(TensorData::new(noise, shape), (&self.gpu.device, DType::F32))
+        let initial = noise.draw(shape[1..].iter().product());
+        let mut latents = Tensor::<4>::from_data(TensorData::new(initial, shape), (&self.gpu.device, DType::F32))
             .mul_scalar(scheduler.init_noise_sigma());
 
         let timesteps = scheduler.timesteps().to_vec();
         for (index, &t) in timesteps.iter().enumerate() {
             let input = scheduler.scale_model_input(latents.clone(), index).cast(self.dtype());
             let input = if guided { Tensor::cat(vec![input.clone(), input], 0) } else { input };
-            let noise = self.unet.forward(input, t, &context).cast(DType::F32);
-            let noise = if guided {
-                let mut halves = noise.chunk(2, 0);
+            let prediction = self.unet.forward(input, t, &context).cast(DType::F32);
+            let prediction = if guided {
+                let mut halves = prediction.chunk(2, 0);
                 let cond = halves.pop().unwrap();
                 let uncond = halves.pop().unwrap();
                 uncond.clone() + (cond - uncond).mul_scalar(options.guidance)
             } else {
-                noise
+                prediction
             };
-            latents = scheduler.step(index, noise, latents, &mut generator);
+            latents = scheduler.step(index, prediction, latents, &mut noise);
             let previews = if options.previews {
                 let data = latents.to_data_async().await.map_err(|e| PipelineError::Gpu(format!("{e:?}")))?;
                 latent_previews(&data.iter::<f32>().collect::<Vec<_>>(), shape)
             } else {
                 Vec::new()
             };
-            if !on_step(Progress { step: index + 1, total: timesteps.len(), previews }) {
+            if !on_step(Progress { step: index + 1, total: timesteps.len(), first: rows.start, previews }) {
                 return Err(PipelineError::Cancelled);
             }
         }
-        let images = self.decode(latents).await?;
-        Ok(images.into_iter().enumerate().map(|(index, image)| Variation { seed: options.seed, index, image }).collect())
+        Ok(latents)
     }
 
     /// Decodes latents to 8-bit RGB: `(x / 2 + 0.5).clamp(0, 1)`, then `round(x * 255)` with
@@ -343,11 +383,14 @@ mod tests {
                         seed: run["seed"].as_u64().unwrap(),
                         scheduler: Some(run["scheduler"].as_str().unwrap().parse().unwrap()),
                         size: None,
+                        // One variation per batch for the fp16 files: the same images must come out.
+                        max_batch: (variant == "fp16").then_some(1),
                         previews: false,
                     };
                     let mut steps = 0;
                     let out = pipeline.generate(&image, &options, &mut |p| { steps = p.step; true }).await.unwrap();
-                    assert_eq!(steps, run["unet_calls"].as_u64().unwrap() as usize);
+                    let batches = if variant == "fp16" { options.n } else { 1 };
+                    assert_eq!(steps, run["unet_calls"].as_u64().unwrap() as usize * batches);
                     for (variation, png) in out.iter().zip(run["pngs"].as_array().unwrap()) {
                         let golden = preprocess::decode(&std::fs::read(fixture_path(&format!("golden/{}", png.as_str().unwrap()))).unwrap()).unwrap();
                         let (max, mean) = level_difference(&variation.image, &golden);

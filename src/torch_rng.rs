@@ -113,6 +113,33 @@ impl TorchGenerator {
     }
 }
 
+/// The noise of a batch of `batch` images, of which only `rows` are being generated: each draw
+/// takes the whole batch's values from the stream (as diffusers does for the whole batch) and
+/// keeps the rows. So variation k of a seed is the same whether made alone, in a chunk, or with
+/// all the others.
+pub struct BatchNoise {
+    generator: TorchGenerator,
+    batch: usize,
+    rows: std::ops::Range<usize>,
+}
+
+impl BatchNoise {
+    pub fn new(seed: u64, batch: usize, rows: std::ops::Range<usize>) -> Self {
+        assert!(rows.start < rows.end && rows.end <= batch, "rows {rows:?} of a batch of {batch}");
+        Self { generator: TorchGenerator::new(seed), batch, rows }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// `per_row` normals for each kept row, row after row.
+    pub fn draw(&mut self, per_row: usize) -> Vec<f32> {
+        let all = self.generator.randn(self.batch * per_row);
+        all[self.rows.start * per_row..self.rows.end * per_row].to_vec()
+    }
+}
+
 /// Box–Muller on 16 uniforms in place: pairs (j, j + 8).
 fn box_muller_16(block: &mut [f32]) {
     for j in 0..8 {
@@ -228,6 +255,16 @@ mod tests {
             checked += 1;
         }
         assert_eq!(checked, 60);
+    }
+
+    #[test]
+    fn batch_noise_keeps_the_rows_of_the_whole_batch_draw() {
+        let mut whole = BatchNoise::new(9, 3, 0..3);
+        let mut middle = BatchNoise::new(9, 3, 1..2);
+        for _ in 0..2 {
+            let all = whole.draw(20);
+            assert_eq!(middle.draw(20), all[20..40]);
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@ use burn::tensor::Tensor;
 
 use super::{Scheduler, alphas_cumprod, leading_timesteps};
 use crate::config::SchedulerConfig;
-use crate::torch_rng::TorchGenerator;
+use crate::torch_rng::BatchNoise;
 
 pub struct DdimScheduler {
     alphas_cumprod: Vec<f32>,
@@ -39,7 +39,7 @@ impl Scheduler for DdimScheduler {
         1.0
     }
 
-    fn step(&mut self, index: usize, eps: Tensor<4>, sample: Tensor<4>, _: &mut TorchGenerator) -> Tensor<4> {
+    fn step(&mut self, index: usize, eps: Tensor<4>, sample: Tensor<4>, _: &mut BatchNoise) -> Tensor<4> {
         let t = self.timesteps[index] as usize;
         let a_t = self.alphas_cumprod[t];
         let a_prev = t.checked_sub(self.step_ratio).map_or(self.final_alpha_cumprod, |p| self.alphas_cumprod[p]);

@@ -5,7 +5,7 @@ use burn::tensor::Tensor;
 
 use super::{Scheduler, alphas_cumprod, train_sigmas};
 use crate::config::SchedulerConfig;
-use crate::torch_rng::TorchGenerator;
+use crate::torch_rng::BatchNoise;
 
 pub struct DpmSolverMultistepScheduler {
     timesteps: Vec<f32>,
@@ -55,7 +55,7 @@ impl Scheduler for DpmSolverMultistepScheduler {
         sample
     }
 
-    fn step(&mut self, index: usize, eps: Tensor<4>, sample: Tensor<4>, _: &mut TorchGenerator) -> Tensor<4> {
+    fn step(&mut self, index: usize, eps: Tensor<4>, sample: Tensor<4>, _: &mut BatchNoise) -> Tensor<4> {
         let (alpha_s0, sigma_s0, lambda_s0) = alpha_sigma_lambda(self.sigmas[index]);
         let (alpha_t, sigma_t, lambda_t) = alpha_sigma_lambda(self.sigmas[index + 1]);
         let x0 = (sample.clone() - eps.mul_scalar(sigma_s0)).div_scalar(alpha_s0);

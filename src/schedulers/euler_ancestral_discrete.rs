@@ -6,7 +6,7 @@ use burn::tensor::Tensor;
 use super::euler_discrete::EulerSchedule;
 use super::{Scheduler, gaussian_like};
 use crate::config::SchedulerConfig;
-use crate::torch_rng::TorchGenerator;
+use crate::torch_rng::BatchNoise;
 
 pub struct EulerAncestralDiscreteScheduler {
     schedule: EulerSchedule,
@@ -31,12 +31,12 @@ impl Scheduler for EulerAncestralDiscreteScheduler {
         self.schedule.scale(sample, index)
     }
 
-    fn step(&mut self, index: usize, eps: Tensor<4>, sample: Tensor<4>, generator: &mut TorchGenerator) -> Tensor<4> {
+    fn step(&mut self, index: usize, eps: Tensor<4>, sample: Tensor<4>, noise: &mut BatchNoise) -> Tensor<4> {
         let (from, to) = (self.schedule.sigmas[index], self.schedule.sigmas[index + 1]);
         let up = (to * to * (from * from - to * to) / (from * from)).sqrt();
         let down = (to * to - up * up).sqrt();
         let prev = self.schedule.euler_step(index, eps, sample, down);
-        let noise = gaussian_like(&prev, generator);
-        prev + noise.mul_scalar(up)
+        let fresh = gaussian_like(&prev, noise);
+        prev + fresh.mul_scalar(up)
     }
 }

@@ -5,7 +5,7 @@ use burn::tensor::Tensor;
 
 use super::{Scheduler, alphas_cumprod, interpolate_sigma, leading_timesteps, linspace_timesteps, train_sigmas};
 use crate::config::SchedulerConfig;
-use crate::torch_rng::TorchGenerator;
+use crate::torch_rng::BatchNoise;
 
 /// The Euler family's schedule for a step count.
 pub(super) struct EulerSchedule {
@@ -73,7 +73,7 @@ impl Scheduler for EulerDiscreteScheduler {
         self.schedule.scale(sample, index)
     }
 
-    fn step(&mut self, index: usize, eps: Tensor<4>, sample: Tensor<4>, _: &mut TorchGenerator) -> Tensor<4> {
+    fn step(&mut self, index: usize, eps: Tensor<4>, sample: Tensor<4>, _: &mut BatchNoise) -> Tensor<4> {
         let target = self.schedule.sigmas[index + 1];
         self.schedule.euler_step(index, eps, sample, target)
     }

@@ -16,7 +16,7 @@ use std::str::FromStr;
 use burn::tensor::{DType, Tensor, TensorData};
 
 use crate::config::SchedulerConfig;
-use crate::torch_rng::TorchGenerator;
+use crate::torch_rng::BatchNoise;
 
 pub use ddim::DdimScheduler;
 pub use dpm_solver_multistep::DpmSolverMultistepScheduler;
@@ -34,14 +34,14 @@ pub trait Scheduler {
     fn scale_model_input(&self, sample: Tensor<4>, _index: usize) -> Tensor<4> {
         sample
     }
-    /// The latents after call `index`, from the (guided) noise prediction. `generator` is the
+    /// The latents after call `index`, from the (guided) noise prediction. `noise` is the
     /// stream the initial latents came from; ancestral schedulers continue it.
     fn step(
         &mut self,
         index: usize,
         model_output: Tensor<4>,
         sample: Tensor<4>,
-        generator: &mut TorchGenerator,
+        noise: &mut BatchNoise,
     ) -> Tensor<4>;
 }
 
@@ -168,10 +168,10 @@ fn leading_timesteps(num_train: usize, steps: usize, offset: usize) -> Vec<usize
     (0..steps).rev().map(|i| i * ratio + offset).collect()
 }
 
-/// Fresh Gaussian noise on `like`'s device in f32, continuing `generator`'s stream.
-fn gaussian_like(like: &Tensor<4>, generator: &mut TorchGenerator) -> Tensor<4> {
+/// Fresh Gaussian noise on `like`'s device in f32, continuing the batch's stream.
+fn gaussian_like(like: &Tensor<4>, noise: &mut BatchNoise) -> Tensor<4> {
     let shape = like.dims();
-    let values = generator.randn(shape.iter().product());
+    let values = noise.draw(shape[1..].iter().product());
     Tensor::from_data(TensorData::new(values, shape), (&like.device(), DType::F32))
 }
 

@@ -6,7 +6,7 @@ use burn::tensor::Tensor;
 
 use super::{Scheduler, alphas_cumprod, leading_timesteps};
 use crate::config::SchedulerConfig;
-use crate::torch_rng::TorchGenerator;
+use crate::torch_rng::BatchNoise;
 
 pub struct PndmScheduler {
     alphas_cumprod: Vec<f32>,
@@ -66,7 +66,7 @@ impl Scheduler for PndmScheduler {
         1.0
     }
 
-    fn step(&mut self, index: usize, model_output: Tensor<4>, sample: Tensor<4>, _: &mut TorchGenerator) -> Tensor<4> {
+    fn step(&mut self, index: usize, model_output: Tensor<4>, sample: Tensor<4>, _: &mut BatchNoise) -> Tensor<4> {
         let ratio = self.step_ratio as isize;
         let mut t = self.timesteps[index] as isize;
         let mut prev = t - ratio;

@@ -4,6 +4,7 @@
 use burn::tensor::{DType, Tensor, TensorData};
 
 use super::*;
+use crate::torch_rng::BatchNoise;
 use crate::gpu::{ComputeDType, DTypeChoice};
 use crate::testing::{Golden, assert_close, fixture_path, read, shared_gpu};
 
@@ -58,8 +59,8 @@ fn every_step_of_a_golden_run_matches_diffusers() {
         for kind in SchedulerKind::ALL {
             let golden = Golden::open(&format!("run-{}.safetensors", kind.name()));
             let mut scheduler = kind.build(&config, 5);
-            let mut generator = TorchGenerator::new(SEED);
-            let noise = generator.randn(golden.f32("noise").len());
+            let mut generator = BatchNoise::new(SEED, 1, 0..1);
+            let noise = generator.draw(golden.f32("noise").len());
             assert_eq!(noise, golden.f32("noise"), "initial latents of seed {SEED}");
             let mut latents = upload(&golden, "noise", &gpu.device).mul_scalar(scheduler.init_noise_sigma());
             for index in 0..scheduler.timesteps().len() {
