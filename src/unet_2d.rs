@@ -82,6 +82,18 @@ impl UNet2DConditionModel {
     /// The noise prediction for `sample` `[B, C, H, W]` at `timestep` given `context`
     /// `[B, T, cross_attention_dim]` (both in the compute dtype).
     pub fn forward(&self, sample: Tensor<4>, timestep: f32, context: &Tensor<3>) -> Tensor<4> {
+        self.forward_observed(sample, timestep, context, &mut |_, _| {})
+    }
+
+    /// `forward`, handing each block's output to `observe` under its checkpoint name
+    /// (`down_blocks.0`, `mid_block`, `up_blocks.3`, ...), for tests and debugging.
+    pub fn forward_observed(
+        &self,
+        sample: Tensor<4>,
+        timestep: f32,
+        context: &Tensor<3>,
+        observe: &mut dyn FnMut(&str, &Tensor<4>),
+    ) -> Tensor<4> {
         let batch = sample.dims()[0];
         let c = &self.config;
         let features: Vec<f32> = (0..batch)
@@ -91,15 +103,19 @@ impl UNet2DConditionModel {
         let temb = silu(self.time_embedding.forward(features, batch, &sample.device(), dtype));
 
         let mut x = self.conv_in.forward(sample);
+        observe("conv_in", &x);
         let mut skips = vec![x.clone()];
-        for block in &self.down_blocks {
+        for (i, block) in self.down_blocks.iter().enumerate() {
             let (out, block_skips) = block.forward(x, &temb, context);
             x = out;
+            observe(&format!("down_blocks.{i}"), &x);
             skips.extend(block_skips);
         }
         x = self.mid_block.forward(x, &temb, context);
-        for block in &self.up_blocks {
+        observe("mid_block", &x);
+        for (i, block) in self.up_blocks.iter().enumerate() {
             x = block.forward(x, &mut skips, &temb, context);
+            observe(&format!("up_blocks.{i}"), &x);
         }
         self.conv_out.forward(self.conv_norm_out.forward_silu(x))
     }
@@ -114,7 +130,7 @@ mod tests {
     use crate::testing::{Golden, read, relative_error, shared_gpu, tiny_model, upload};
 
     #[test]
-    fn first_call_noise_prediction_matches_diffusers() {
+    fn first_call_block_outputs_and_noise_prediction_match_diffusers() {
         pollster::block_on(async {
             let gpu = shared_gpu(DTypeChoice::Exactly(ComputeDType::F32)).await;
             let source = tiny_model(None);
@@ -122,7 +138,18 @@ mod tests {
             let unet = load_component(&source, &gpu, "unet", &[], |w| super::UNet2DConditionModel::load(w, &config)).unwrap();
             let golden = Golden::open("blocks.safetensors");
             let t = golden.f32("unet.call.timestep")[0];
-            let out = unet.forward(upload(&golden, "unet.call.sample", &gpu), t, &upload(&golden, "unet.call.encoder_hidden_states", &gpu));
+            let mut blocks = Vec::new();
+            let out = unet.forward_observed(
+                upload(&golden, "unet.call.sample", &gpu),
+                t,
+                &upload(&golden, "unet.call.encoder_hidden_states", &gpu),
+                &mut |name, x| blocks.push((name.to_string(), x.clone())),
+            );
+            assert_eq!(blocks.len(), 2 + 2 * config.block_out_channels.len());
+            for (name, x) in blocks {
+                let err = relative_error(&read(x).await, &golden.f32(&format!("unet.{name}.out")));
+                assert!(err < 1e-5, "{name}: relative error {err}");
+            }
             let err = relative_error(&read(out).await, &golden.f32("unet.call.out"));
             assert!(err < 1e-5, "relative error {err}");
         });

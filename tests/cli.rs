@@ -34,24 +34,31 @@ fn assert_clear_failure(out: &Output, words: &str) {
 }
 
 #[test]
-fn generate_reproduces_the_reference_pngs() {
+fn generate_reproduces_every_reference_run() {
     let model = fixtures().join("tiny-sd-image-variations");
     let input = fixtures().join("input.png");
-    for (scheduler, n, variant, golden) in [("pndm", "2", Some("fp16"), "pndm-n2-g3-fp16"), ("dpm++2m", "1", None, "dpm++2m-n1-g3-fp32")] {
-        let out = temp_dir(scheduler);
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(fixtures().join("golden/manifest.json")).unwrap()).unwrap();
+    let runs = manifest["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 22, "5 schedulers x n=1,2 x fp32,fp16 files, plus g=1 twice");
+    for run in runs {
+        let name = run["name"].as_str().unwrap();
+        let out = temp_dir(name);
+        let number = |key: &str| run[key].to_string();
+        let (seed, steps, guidance, n) = (number("seed"), number("steps"), number("guidance"), number("n"));
         let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--image", input.to_str().unwrap(),
-            "--out", out.to_str().unwrap(), "--seed", "2026", "--steps", "5", "--scheduler", scheduler, "--n", n, "--dtype", "f32"];
-        if let Some(v) = variant {
-            args.extend(["--variant", v]);
+            "--out", out.to_str().unwrap(), "--seed", &seed, "--steps", &steps, "--guidance", &guidance,
+            "--scheduler", run["scheduler"].as_str().unwrap(), "--n", &n, "--dtype", "f32"];
+        if run["variant"] == "fp16" {
+            args.extend(["--variant", "fp16"]);
         }
         let result = imvar(&args);
-        assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
-        assert!(String::from_utf8_lossy(&result.stdout).starts_with("seed 2026\n"));
-        for k in 0..n.parse().unwrap() {
+        assert!(result.status.success(), "{name}: {}", String::from_utf8_lossy(&result.stderr));
+        assert!(String::from_utf8_lossy(&result.stdout).starts_with(&format!("seed {seed}\n")));
+        for (k, golden) in run["pngs"].as_array().unwrap().iter().enumerate() {
             let ours = png(&out.join(format!("variation-{k}.png")));
-            let theirs = png(&fixtures().join(format!("golden/images/{golden}-{k}.png")));
+            let theirs = png(&fixtures().join("golden").join(golden.as_str().unwrap()));
             let worst = ours.pixels.iter().zip(&theirs.pixels).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
-            assert!(worst <= 2, "{golden}-{k}: {worst} levels");
+            assert!(worst <= 2, "{name}-{k}: {worst} levels");
         }
     }
 }
