@@ -42,7 +42,7 @@ pub fn run(pipeline: &ImageVariationPipeline, gpu: &Gpu, options: &BenchOptions)
     let dtype = DType::from(caps.compute_dtype.burn());
     let (width, height) = options.size.unwrap_or(pipeline.default_size());
     let unet = pipeline.unet().config();
-    let scale = 1 << (unet.block_out_channels.len() - 1);
+    let scale = pipeline.vae().config().scale_factor();
     let latent_shape = [options.n, unet.in_channels, height / scale, width / scale];
     let device = &gpu.device;
     let image = RgbImage { width: 640, height: 480, pixels: vec![128; 640 * 480 * 3] };

@@ -28,13 +28,6 @@ impl ComputeDType {
             Self::F32 => FloatDType::F32,
         }
     }
-
-    pub fn size_of(self) -> usize {
-        match self {
-            Self::F16 => 2,
-            Self::F32 => 4,
-        }
-    }
 }
 
 impl fmt::Display for ComputeDType {

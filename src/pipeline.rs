@@ -201,8 +201,9 @@ impl ImageVariationPipeline {
         (side, side)
     }
 
+    /// Pixels per latent: diffusers' `vae_scale_factor`.
     fn vae_scale(&self) -> usize {
-        1 << (self.unet.config().block_out_channels.len() - 1)
+        self.vae.config().scale_factor()
     }
 
     fn dtype(&self) -> DType {

@@ -7,7 +7,10 @@ use std::io::Cursor;
 
 use image::{ImageReader, Limits};
 
+// The model card's digits, verbatim (f32 rounds them as torch does).
+#[allow(clippy::excessive_precision)]
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+#[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// Larger pictures are refused before decoding (a 24-megapixel photo is about 5600x4200).

@@ -88,7 +88,7 @@ impl TorchGenerator {
         for start in (0..=n - 16).step_by(16) {
             box_muller_16(&mut data[start..start + 16]);
         }
-        if n % 16 != 0 {
+        if !n.is_multiple_of(16) {
             // The tail is redrawn as one more block over the last 16 positions.
             let tail = &mut data[n - 16..];
             for value in tail.iter_mut() {
@@ -127,10 +127,6 @@ impl BatchNoise {
     pub fn new(seed: u64, batch: usize, rows: std::ops::Range<usize>) -> Self {
         assert!(rows.start < rows.end && rows.end <= batch, "rows {rows:?} of a batch of {batch}");
         Self { generator: TorchGenerator::new(seed), batch, rows }
-    }
-
-    pub fn rows(&self) -> usize {
-        self.rows.len()
     }
 
     /// `per_row` normals for each kept row, row after row.

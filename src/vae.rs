@@ -47,6 +47,10 @@ impl AutoencoderKLDecoder {
         })
     }
 
+    pub fn config(&self) -> &VaeConfig {
+        &self.config
+    }
+
     /// The image in [-1, 1] (roughly) from denoised latents (unscaled: this divides by
     /// `scaling_factor`).
     pub fn decode(&self, latents: Tensor<4>) -> Tensor<4> {

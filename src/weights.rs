@@ -99,14 +99,6 @@ impl<'a> Weights<'a> {
         }
     }
 
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
-
-    pub fn dtype(&self) -> ComputeDType {
-        self.dtype
-    }
-
     pub fn contains(&self, name: &str) -> bool {
         self.shapes.contains_key(name)
     }
