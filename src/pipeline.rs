@@ -2,6 +2,7 @@
 //! guidance with a zero unconditional embedding → denoising loop → VAE decode → 8-bit RGB.
 
 use burn::tensor::{DType, Tensor, TensorData};
+use web_time::{Duration, Instant};
 
 use crate::clip_vision::ClipVisionModelWithProjection;
 use crate::config::{ClipVisionConfig, ConfigError, ModelIndex, SchedulerConfig, UNetConfig, VaeConfig};
@@ -57,6 +58,8 @@ impl Default for GenerateOptions {
 pub struct Progress {
     pub step: usize,
     pub total: usize,
+    /// Since `generate` was called (web-time's clock: `performance.now()` in the browser).
+    pub elapsed: Duration,
     /// Index of the first variation of the batch being denoised.
     pub first: usize,
     /// One per variation of that batch, at latent resolution, when `GenerateOptions::previews`
@@ -95,6 +98,15 @@ pub fn latent_previews(values: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<RgbImage
             RgbImage { width: w, height: h, pixels }
         })
         .collect()
+}
+
+/// What `generate` settled before denoising: scheduler, output size, and when it started.
+#[derive(Clone, Copy)]
+struct Plan {
+    kind: SchedulerKind,
+    width: usize,
+    height: usize,
+    started: Instant,
 }
 
 /// One generated picture, identified by (seed, index).
@@ -256,9 +268,11 @@ impl ImageVariationPipeline {
         options: &GenerateOptions,
         on_step: &mut dyn FnMut(Progress) -> bool,
     ) -> Result<Vec<Variation>, PipelineError> {
+        let started = Instant::now();
         let (width, height) = self.validate(options)?;
         let embeds = self.encode_image(image);
         let kind = options.scheduler.unwrap_or(self.default_scheduler());
+        let plan = Plan { kind, width, height, started };
         let chunk = options.max_batch.unwrap_or_else(|| self.max_batch(width, height)).clamp(1, options.n);
         let calls = kind.build(&self.scheduler_config, options.steps).timesteps().len();
         let total = options.n.div_ceil(chunk) * calls;
@@ -267,7 +281,7 @@ impl ImageVariationPipeline {
             let rows = start..(start + chunk).min(options.n);
             let done = (start / chunk) * calls;
             let mut report = |p: Progress| on_step(Progress { step: done + p.step, total, ..p });
-            let latents = self.denoise(&embeds, kind, rows.clone(), (width, height), options, &mut report).await?;
+            let latents = self.denoise(&embeds, rows.clone(), options, &plan, &mut report).await?;
             for (i, image) in self.decode(latents).await?.into_iter().enumerate() {
                 variations.push(Variation { seed: options.seed, index: rows.start + i, image });
             }
@@ -275,16 +289,17 @@ impl ImageVariationPipeline {
         Ok(variations)
     }
 
-    /// The denoising loop for variations `rows` of a batch of `options.n`.
+    /// The denoising loop for variations `rows` of a batch of `options.n`; progress counts
+    /// this loop's steps and the time since the plan started.
     async fn denoise(
         &self,
         embeds: &Tensor<2>,
-        kind: SchedulerKind,
         rows: std::ops::Range<usize>,
-        (width, height): (usize, usize),
         options: &GenerateOptions,
+        plan: &Plan,
         on_step: &mut dyn FnMut(Progress) -> bool,
     ) -> Result<Tensor<4>, PipelineError> {
+        let Plan { kind, width, height, started } = *plan;
         let n = rows.len();
         let guided = options.guidance > 1.0;
         let [_, dim] = embeds.dims();
@@ -319,7 +334,8 @@ impl ImageVariationPipeline {
             } else {
                 Vec::new()
             };
-            if !on_step(Progress { step: index + 1, total: timesteps.len(), first: rows.start, previews }) {
+            let elapsed = started.elapsed();
+            if !on_step(Progress { step: index + 1, total: timesteps.len(), elapsed, first: rows.start, previews }) {
                 return Err(PipelineError::Cancelled);
             }
         }
@@ -426,7 +442,10 @@ mod tests {
             let pipeline = ImageVariationPipeline::load(&tiny_model(None), &gpu).unwrap();
             let mut seen = Vec::new();
             let options = GenerateOptions { steps: 5, n: 2, previews: true, ..Default::default() };
+            let mut last_elapsed = Duration::ZERO;
             let result = pipeline.generate(&input(), &options, &mut |p| {
+                assert!(p.elapsed > last_elapsed, "elapsed grows step by step");
+                last_elapsed = p.elapsed;
                 // Latent-resolution previews, one per variation.
                 assert_eq!(p.previews.len(), 2);
                 assert_eq!((p.previews[0].width, p.previews[0].pixels.len()), (16, 16 * 16 * 3));
