@@ -472,8 +472,8 @@ legacy names `query/key/value/proj_attn`. There is no safety checker.
   (`unet.down_blocks.0.out`, ...) and output; the VAE decoder's per-block outputs
   (`vae.post_quant_conv.in` is `latents / 0.18215`; `vae.decoder.out` is the image in [-1, 1]).
 - `images/{{scheduler}}-n{{n}}-g{{guidance}}-{{fp32|fp16}}-{{k}}.png`: the pipeline's PNGs for every
-  scheduler, n = 1 and 2, fp32 weights and the fp16 files (loaded as float32), and one run
-  without guidance (g=1).
+  scheduler, n = 1 and 2, fp32 weights and the fp16 files (loaded as float32), and a PNDM run
+  without guidance (g=1) for each.
 - `manifest.json`: settings, the runs with their UNet timesteps, versions.
 """
 
