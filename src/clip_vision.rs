@@ -104,7 +104,7 @@ mod tests {
     use crate::config::ClipVisionConfig;
     use crate::gpu::{ComputeDType, DTypeChoice};
     use crate::model_files::ModelSource;
-    use crate::pipeline::load_component;
+    use crate::pipeline::{WeightsFrom, load_component};
     use crate::testing::{Golden, read, relative_error, shared_gpu, tiny_model, upload};
 
     #[test]
@@ -113,7 +113,7 @@ mod tests {
             let gpu = shared_gpu(DTypeChoice::Exactly(ComputeDType::F32)).await;
             let source = tiny_model(None);
             let config = ClipVisionConfig::from_json(&source.text("image_encoder/config.json").unwrap()).unwrap();
-            let clip = load_component(&source, &gpu, "image_encoder", &[], |w| super::ClipVisionModelWithProjection::load(w, &config)).unwrap();
+            let clip = load_component(&source, &gpu, WeightsFrom::Files, "image_encoder", &[], |w| super::ClipVisionModelWithProjection::load(w, &config)).unwrap();
             let pixels = upload(&Golden::open("preprocess.safetensors"), "input", &gpu);
             let out = clip.forward(pixels);
             let golden = Golden::open("clip.safetensors");

@@ -133,32 +133,25 @@ pub enum WeightsFrom {
     Random,
 }
 
-/// Loads one component's weights through `load`, then checks nothing was left over.
+/// Loads one component's weights through `load`; from files, checks nothing was left over.
 pub fn load_component<T>(
     source: &dyn ModelSource,
     gpu: &Gpu,
-    component: &str,
-    unused: &[&str],
-    load: impl FnOnce(&mut Weights) -> Result<T, LoadError>,
-) -> Result<T, LoadError> {
-    let mut tensors = source.tensors(component)?;
-    let mut weights = Weights::new(tensors.as_mut(), component, &gpu.device, gpu.capabilities.compute_dtype);
-    let model = load(&mut weights)?;
-    weights.finish(unused)?;
-    Ok(model)
-}
-
-fn load_weights<T>(
     from: WeightsFrom,
-    source: &dyn ModelSource,
-    gpu: &Gpu,
     component: &str,
     unused: &[&str],
     load: impl FnOnce(&mut Weights) -> Result<T, LoadError>,
 ) -> Result<T, LoadError> {
+    let dtype = gpu.capabilities.compute_dtype;
     match from {
-        WeightsFrom::Files => load_component(source, gpu, component, unused, load),
-        WeightsFrom::Random => load(&mut Weights::random(component, &gpu.device, gpu.capabilities.compute_dtype)),
+        WeightsFrom::Random => load(&mut Weights::random(component, &gpu.device, dtype)),
+        WeightsFrom::Files => {
+            let mut tensors = source.tensors(component)?;
+            let mut weights = Weights::new(tensors.as_mut(), component, &gpu.device, dtype);
+            let model = load(&mut weights)?;
+            weights.finish(unused)?;
+            Ok(model)
+        }
     }
 }
 
@@ -180,11 +173,11 @@ impl ImageVariationPipeline {
             )));
         }
         Ok(Self {
-            image_encoder: load_weights(from, source, gpu, "image_encoder", &[], |w| {
+            image_encoder: load_component(source, gpu, from, "image_encoder", &[], |w| {
                 ClipVisionModelWithProjection::load(w, &clip_config)
             })?,
-            unet: load_weights(from, source, gpu, "unet", &[], |w| UNet2DConditionModel::load(w, &unet_config))?,
-            vae: load_weights(from, source, gpu, "vae", vae::UNUSED, |w| AutoencoderKLDecoder::load(w, &vae_config))?,
+            unet: load_component(source, gpu, from, "unet", &[], |w| UNet2DConditionModel::load(w, &unet_config))?,
+            vae: load_component(source, gpu, from, "vae", vae::UNUSED, |w| AutoencoderKLDecoder::load(w, &vae_config))?,
             scheduler_config,
             gpu: gpu.clone(),
         })

@@ -126,7 +126,7 @@ mod tests {
     use crate::config::UNetConfig;
     use crate::gpu::{ComputeDType, DTypeChoice};
     use crate::model_files::ModelSource;
-    use crate::pipeline::load_component;
+    use crate::pipeline::{WeightsFrom, load_component};
     use crate::testing::{Golden, read, relative_error, shared_gpu, tiny_model, upload};
 
     #[test]
@@ -135,7 +135,7 @@ mod tests {
             let gpu = shared_gpu(DTypeChoice::Exactly(ComputeDType::F32)).await;
             let source = tiny_model(None);
             let config = UNetConfig::from_json(&source.text("unet/config.json").unwrap()).unwrap();
-            let unet = load_component(&source, &gpu, "unet", &[], |w| super::UNet2DConditionModel::load(w, &config)).unwrap();
+            let unet = load_component(&source, &gpu, WeightsFrom::Files, "unet", &[], |w| super::UNet2DConditionModel::load(w, &config)).unwrap();
             let golden = Golden::open("blocks.safetensors");
             let t = golden.f32("unet.call.timestep")[0];
             let mut blocks = Vec::new();

@@ -69,7 +69,7 @@ mod tests {
     use crate::config::VaeConfig;
     use crate::gpu::{ComputeDType, DTypeChoice};
     use crate::model_files::ModelSource;
-    use crate::pipeline::load_component;
+    use crate::pipeline::{WeightsFrom, load_component};
     use crate::testing::{Golden, read, relative_error, shared_gpu, tiny_model, upload};
 
     #[test]
@@ -78,7 +78,7 @@ mod tests {
             let gpu = shared_gpu(DTypeChoice::Exactly(ComputeDType::F32)).await;
             let source = tiny_model(None);
             let config = VaeConfig::from_json(&source.text("vae/config.json").unwrap()).unwrap();
-            let vae = load_component(&source, &gpu, "vae", super::UNUSED, |w| super::AutoencoderKLDecoder::load(w, &config)).unwrap();
+            let vae = load_component(&source, &gpu, WeightsFrom::Files, "vae", super::UNUSED, |w| super::AutoencoderKLDecoder::load(w, &config)).unwrap();
             let latents = upload(&Golden::open("run-pndm.safetensors"), "step5.latents", &gpu);
             let err = relative_error(&read(vae.decode(latents)).await, &Golden::open("blocks.safetensors").f32("vae.decoder.out"));
             assert!(err < 1e-5, "relative error {err}");

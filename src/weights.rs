@@ -50,17 +50,47 @@ pub trait TensorSource {
     fn dtypes(&self) -> BTreeSet<String>;
 }
 
-/// The safetensors header: 8-byte little-endian length, then JSON. Shared by every source.
-pub fn parse_header(header_json: &[u8]) -> Result<Metadata, String> {
-    serde_json::from_slice(header_json).map_err(|e| format!("invalid safetensors header: {e}"))
+/// A parsed safetensors header (8-byte little-endian length, then JSON): where each tensor's
+/// bytes lie in the file. Every safetensors source reads through one, whatever holds the bytes.
+pub struct SafetensorsIndex {
+    metadata: Metadata,
+    data_start: u64,
 }
 
-fn shapes_of(metadata: &Metadata) -> BTreeMap<String, Vec<usize>> {
-    metadata.tensors().into_iter().map(|(name, info)| (name, info.shape.clone())).collect()
-}
+impl SafetensorsIndex {
+    /// Headers are a few hundred KiB even for SD's UNet; anything this large is not one.
+    const MAX_HEADER: u64 = 100 << 20;
 
-fn dtypes_of(metadata: &Metadata) -> BTreeSet<String> {
-    metadata.tensors().values().map(|info| format!("{:?}", info.dtype)).collect()
+    /// The header's length from the file's first 8 bytes; `file` names it in errors.
+    pub fn header_len(first: [u8; 8], file: &str) -> Result<u64, LoadError> {
+        let len = u64::from_le_bytes(first);
+        if len > Self::MAX_HEADER {
+            return Err(LoadError::Io(format!("{file}: not a safetensors file")));
+        }
+        Ok(len)
+    }
+
+    /// From the header's JSON (the `header_len` bytes after the first 8).
+    pub fn parse(header_json: &[u8], file: &str) -> Result<Self, LoadError> {
+        let metadata = serde_json::from_slice(header_json)
+            .map_err(|e| LoadError::Io(format!("{file}: invalid safetensors header: {e}")))?;
+        Ok(Self { metadata, data_start: 8 + header_json.len() as u64 })
+    }
+
+    pub fn shapes(&self) -> BTreeMap<String, Vec<usize>> {
+        self.metadata.tensors().into_iter().map(|(name, info)| (name, info.shape.clone())).collect()
+    }
+
+    pub fn dtypes(&self) -> BTreeSet<String> {
+        self.metadata.tensors().values().map(|info| format!("{:?}", info.dtype)).collect()
+    }
+
+    /// The tensor's shape, dtype and absolute byte range in the file.
+    pub fn locate(&self, name: &str) -> Result<(Vec<usize>, Dtype, std::ops::Range<u64>), LoadError> {
+        let info = self.metadata.info(name).ok_or_else(|| LoadError::Io(format!("{name}: not in the file")))?;
+        let (start, end) = info.data_offsets;
+        Ok((info.shape.clone(), info.dtype, self.data_start + start as u64..self.data_start + end as u64))
+    }
 }
 
 /// Loads a component's tensors by name onto the device, recording which were used.
@@ -187,37 +217,35 @@ impl<'a> Weights<'a> {
 /// A whole safetensors file in memory (small models, tests, a file fetched in one piece).
 pub struct SafetensorsBytes {
     bytes: std::sync::Arc<[u8]>,
-    metadata: Metadata,
-    data_start: usize,
+    index: SafetensorsIndex,
 }
 
 impl SafetensorsBytes {
-    pub fn new(name: &str, bytes: std::sync::Arc<[u8]>) -> Result<Self, LoadError> {
-        let bad = || LoadError::Io(format!("{name}: not a safetensors file"));
-        let len = u64::from_le_bytes(bytes.get(..8).ok_or_else(bad)?.try_into().unwrap()) as usize;
-        let header = bytes.get(8..8usize.checked_add(len).ok_or_else(bad)?).ok_or_else(bad)?;
-        let metadata = parse_header(header).map_err(|e| LoadError::Io(format!("{name}: {e}")))?;
-        Ok(Self { metadata, data_start: 8 + len, bytes })
+    pub fn new(file: &str, bytes: std::sync::Arc<[u8]>) -> Result<Self, LoadError> {
+        let truncated = || LoadError::Io(format!("{file}: the file is truncated"));
+        let first = bytes.get(..8).ok_or_else(truncated)?.try_into().unwrap();
+        let len = SafetensorsIndex::header_len(first, file)? as usize;
+        let index = SafetensorsIndex::parse(bytes.get(8..8 + len).ok_or_else(truncated)?, file)?;
+        Ok(Self { bytes, index })
     }
 }
 
 impl TensorSource for SafetensorsBytes {
     fn shapes(&self) -> BTreeMap<String, Vec<usize>> {
-        shapes_of(&self.metadata)
+        self.index.shapes()
     }
 
     fn dtypes(&self) -> BTreeSet<String> {
-        dtypes_of(&self.metadata)
+        self.index.dtypes()
     }
 
     fn read(&mut self, name: &str) -> Result<RawTensor, LoadError> {
-        let info = self.metadata.info(name).ok_or_else(|| LoadError::Io(format!("{name} vanished")))?;
-        let (start, end) = info.data_offsets;
+        let (shape, dtype, range) = self.index.locate(name)?;
         let bytes = self
             .bytes
-            .get(self.data_start + start..self.data_start + end)
+            .get(range.start as usize..range.end as usize)
             .ok_or_else(|| LoadError::Io(format!("{name}: the file is truncated")))?;
-        Ok(RawTensor { shape: info.shape.clone(), dtype: info.dtype, bytes: bytes.to_vec() })
+        Ok(RawTensor { shape, dtype, bytes: bytes.to_vec() })
     }
 }
 
@@ -225,8 +253,7 @@ impl TensorSource for SafetensorsBytes {
 #[cfg(not(target_arch = "wasm32"))]
 pub struct SafetensorsFile {
     file: std::fs::File,
-    metadata: Metadata,
-    data_start: u64,
+    index: SafetensorsIndex,
     path: std::path::PathBuf,
 }
 
@@ -234,40 +261,36 @@ pub struct SafetensorsFile {
 impl SafetensorsFile {
     pub fn open(path: &std::path::Path) -> Result<Self, LoadError> {
         use std::io::Read;
-        let io = |e: std::io::Error| LoadError::Io(format!("{}: {e}", path.display()));
+        let name = path.display().to_string();
+        let io = |e: std::io::Error| LoadError::Io(format!("{name}: {e}"));
         let mut file = std::fs::File::open(path).map_err(io)?;
-        let mut len = [0u8; 8];
-        file.read_exact(&mut len).map_err(io)?;
-        let len = u64::from_le_bytes(len);
-        if len > 100 << 20 {
-            return Err(LoadError::Io(format!("{}: not a safetensors file", path.display())));
-        }
-        let mut header = vec![0u8; len as usize];
+        let mut first = [0u8; 8];
+        file.read_exact(&mut first).map_err(io)?;
+        let mut header = vec![0u8; SafetensorsIndex::header_len(first, &name)? as usize];
         file.read_exact(&mut header).map_err(io)?;
-        let metadata = parse_header(&header).map_err(|e| LoadError::Io(format!("{}: {e}", path.display())))?;
-        Ok(Self { file, metadata, data_start: 8 + len, path: path.into() })
+        let index = SafetensorsIndex::parse(&header, &name)?;
+        Ok(Self { file, index, path: path.into() })
     }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
 impl TensorSource for SafetensorsFile {
     fn shapes(&self) -> BTreeMap<String, Vec<usize>> {
-        shapes_of(&self.metadata)
+        self.index.shapes()
     }
 
     fn dtypes(&self) -> BTreeSet<String> {
-        dtypes_of(&self.metadata)
+        self.index.dtypes()
     }
 
     fn read(&mut self, name: &str) -> Result<RawTensor, LoadError> {
         use std::io::{Read, Seek, SeekFrom};
-        let info = self.metadata.info(name).ok_or_else(|| LoadError::Io(format!("{name} vanished")))?;
-        let (start, end) = info.data_offsets;
+        let (shape, dtype, range) = self.index.locate(name)?;
         let io = |e: std::io::Error| LoadError::Io(format!("{}: {name}: {e}", self.path.display()));
-        let mut bytes = vec![0u8; end - start];
-        self.file.seek(SeekFrom::Start(self.data_start + start as u64)).map_err(io)?;
+        let mut bytes = vec![0u8; (range.end - range.start) as usize];
+        self.file.seek(SeekFrom::Start(range.start)).map_err(io)?;
         self.file.read_exact(&mut bytes).map_err(io)?;
-        Ok(RawTensor { shape: info.shape.clone(), dtype: info.dtype, bytes })
+        Ok(RawTensor { shape, dtype, bytes })
     }
 }
 
@@ -324,6 +347,21 @@ mod tests {
         assert!(misshaped.to_string().contains("`decoder.conv_out.bias` has shape [4], the config implies [3]"), "{misshaped}");
         let extra = load_tampered(|s| { s.insert("decoder.extra.weight".into(), vec![1]); });
         assert!(extra.to_string().contains("decoder.extra.weight"), "{extra}");
+    }
+
+    #[test]
+    fn in_memory_bytes_read_like_the_file_and_truncation_is_caught() {
+        let path = fixture_path("tiny-sd-image-variations/vae/diffusion_pytorch_model.safetensors");
+        let bytes: std::sync::Arc<[u8]> = std::fs::read(&path).unwrap().into();
+        let mut file = SafetensorsFile::open(&path).unwrap();
+        let mut memory = SafetensorsBytes::new("vae", bytes.clone()).unwrap();
+        assert_eq!(memory.shapes(), file.shapes());
+        let name = "decoder.conv_out.weight";
+        assert_eq!(memory.read(name).unwrap().bytes, file.read(name).unwrap().bytes);
+        let mut cut = SafetensorsBytes::new("vae", bytes[..bytes.len() - 4].into()).unwrap();
+        let last = cut.shapes().into_keys().max_by_key(|n| cut.index.locate(n).unwrap().2.end).unwrap();
+        assert!(cut.read(&last).err().unwrap().to_string().contains("truncated"));
+        assert!(SafetensorsBytes::new("vae", bytes[..100].into()).err().unwrap().to_string().contains("truncated"));
     }
 
     #[test]
