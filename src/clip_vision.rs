@@ -112,8 +112,8 @@ mod tests {
         pollster::block_on(async {
             let gpu = shared_gpu(DTypeChoice::Exactly(ComputeDType::F32)).await;
             let source = tiny_model(None);
-            let config = ClipVisionConfig::from_json(&source.text("image_encoder/config.json").unwrap()).unwrap();
-            let clip = load_component(&source, &gpu, WeightsFrom::Files, "image_encoder", &[], |w| super::ClipVisionModelWithProjection::load(w, &config)).unwrap();
+            let config = ClipVisionConfig::from_json(&source.text("image_encoder/config.json").await.unwrap()).unwrap();
+            let clip = load_component(&source, &gpu, WeightsFrom::Files, "image_encoder", &mut |_| {}, |w| super::ClipVisionModelWithProjection::load(w, &config)).await.unwrap().0;
             let pixels = upload(&Golden::open("preprocess.safetensors"), "input", &gpu);
             let out = clip.forward(pixels);
             let golden = Golden::open("clip.safetensors");

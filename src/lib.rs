@@ -9,6 +9,10 @@ pub mod clip_vision;
 pub mod config;
 pub mod embeddings;
 pub mod gpu;
+pub mod heap;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod hf_cache;
+pub mod hub;
 pub mod layers;
 pub mod model_files;
 pub mod pipeline;
@@ -20,10 +24,15 @@ pub mod transformer_2d;
 pub mod unet_2d;
 pub mod unet_2d_blocks;
 pub mod vae;
+pub mod weight_cache;
 pub mod weights;
 
 #[cfg(target_arch = "wasm32")]
+pub mod idb_store;
+#[cfg(target_arch = "wasm32")]
 pub mod web;
+#[cfg(target_arch = "wasm32")]
+pub mod web_fetch;
 
 #[cfg(test)]
 pub(crate) mod testing;

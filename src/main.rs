@@ -34,9 +34,10 @@ mod cli {
     enum Command {
         /// Generates variations of a picture into OUT/variation-K.png.
         Generate {
-            /// Model folder in the Hub layout.
-            #[arg(long)]
-            model: PathBuf,
+            /// Model folder in the Hub layout, or a Hub model id `OWNER/NAME[@REVISION]`
+            /// (downloaded once into the Hugging Face cache under HF_HOME, from HF_ENDPOINT).
+            #[arg(long, default_value = imvar::hub::DEFAULT_REPO)]
+            model: String,
             /// The picture to vary (JPEG, PNG, WebP, GIF, BMP).
             #[arg(long)]
             image: PathBuf,
@@ -69,9 +70,9 @@ mod cli {
         /// Times each stage (CLIP, one UNet call at batch 2n, a scheduler step, VAE decode, a
         /// whole generation) and prints one JSON line per stage.
         Bench {
-            /// Model folder; with --random-weights only its configs are read.
+            /// Model folder or Hub model id; with --random-weights only its configs are read.
             #[arg(long)]
-            model: PathBuf,
+            model: String,
             /// Random weights in the configs' shapes (no weight files needed).
             #[arg(long)]
             random_weights: bool,
@@ -91,8 +92,9 @@ mod cli {
         },
         /// Prints the model's components, parameter counts, file dtypes and the adapter.
         Info {
+            /// Model folder or Hub model id.
             #[arg(long)]
-            model: PathBuf,
+            model: String,
             #[arg(long)]
             variant: Option<String>,
             #[arg(long, default_value = "auto")]
@@ -121,6 +123,31 @@ mod cli {
         }
     }
 
+    /// A local model folder, or a Hub model id fetched into the Hugging Face cache (the fp16
+    /// variant files where the repo has them, unless `variant` names another).
+    fn model_dir(model: &str, variant: Option<&str>) -> Result<ModelDir, String> {
+        let path = Path::new(model);
+        if path.exists() {
+            return ModelDir::open(path, variant).map_err(|e| e.to_string());
+        }
+        let mut hub_model = imvar::hub::HubModel::parse(model, &imvar::hf_cache::endpoint())
+            .map_err(|_| format!("{model}: no such folder, and not a Hub model id (OWNER/NAME[@REVISION])"))?;
+        if hub_model.repo == imvar::hub::DEFAULT_REPO && !model.contains('@') {
+            hub_model.revision = imvar::hub::DEFAULT_REVISION.into();
+        }
+        let bar = ProgressBar::new(0);
+        bar.set_style(ProgressStyle::with_template("{msg:40} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}").unwrap());
+        let fetch = imvar::hub::NativeFetch::default();
+        let snapshot = pollster::block_on(imvar::hf_cache::snapshot(&fetch, &hub_model, &mut |file, done, size| {
+            bar.set_message(file.to_string());
+            bar.set_length(size);
+            bar.set_position(done);
+        }));
+        bar.finish_and_clear();
+        let snapshot = snapshot.map_err(|e| e.to_string())?;
+        ModelDir::open(&snapshot, Some(variant.unwrap_or("fp16"))).map_err(|e| e.to_string())
+    }
+
     fn open_gpu(dtype: DTypeChoice) -> Result<Gpu, String> {
         pollster::block_on(gpu::init(&GpuOptions { dtype, ..Default::default() })).map_err(|e| e.to_string())
     }
@@ -131,8 +158,8 @@ mod cli {
                 let bytes = std::fs::read(&image).map_err(|e| format!("{}: {e}", image.display()))?;
                 let picture = preprocess::decode(&bytes).map_err(|e| format!("{}: {e}", image.display()))?;
                 let gpu = open_gpu(dtype)?;
-                let source = ModelDir::open(&model, variant.as_deref()).map_err(|e| e.to_string())?;
-                let pipeline = ImageVariationPipeline::load(&source, &gpu).map_err(|e| e.to_string())?;
+                let source = model_dir(&model, variant.as_deref())?;
+                let pipeline = pollster::block_on(ImageVariationPipeline::load(&source, &gpu)).map_err(|e| e.to_string())?;
                 // Below 2^32: torch's generator only uses a seed's low 32 bits.
                 let seed = seed.unwrap_or_else(|| std::collections::hash_map::RandomState::new().build_hasher().finish() >> 32);
                 println!("seed {seed}");
@@ -158,9 +185,10 @@ mod cli {
             }
             Command::Bench { model, random_weights, n, steps, runs, variant, dtype, size } => {
                 let gpu = open_gpu(dtype)?;
-                let source = ModelDir::open(&model, variant.as_deref()).map_err(|e| e.to_string())?;
+                let source = model_dir(&model, variant.as_deref())?;
                 let from = if random_weights { WeightsFrom::Random } else { WeightsFrom::Files };
-                let pipeline = ImageVariationPipeline::load_from(&source, &gpu, from).map_err(|e| e.to_string())?;
+                let (pipeline, _) = pollster::block_on(ImageVariationPipeline::load_with(&source, &gpu, from, &mut |_| {}))
+                    .map_err(|e| e.to_string())?;
                 let options = imvar::bench::BenchOptions { n, steps, runs: runs.max(1), size };
                 imvar::bench::run(&pipeline, &gpu, &options).map_err(|e| e.to_string())?;
                 Ok(())
@@ -174,12 +202,13 @@ mod cli {
         }
     }
 
-    fn info(model: &Path, variant: Option<&str>, dtype: DTypeChoice) -> Result<(), String> {
-        let source = ModelDir::open(model, variant).map_err(|e| e.to_string())?;
+    fn info(model: &str, variant: Option<&str>, dtype: DTypeChoice) -> Result<(), String> {
+        let source = model_dir(model, variant)?;
         for component in ["image_encoder", "unet", "vae"] {
-            let tensors = source.tensors(component).map_err(|e| e.to_string())?;
-            let params: usize = tensors.shapes().values().map(|s| s.iter().product::<usize>()).sum();
-            let dtypes: Vec<String> = tensors.dtypes().into_iter().collect();
+            let tensors = pollster::block_on(source.tensors(component)).map_err(|e| e.to_string())?.tensors();
+            let params: usize = tensors.iter().map(|t| t.shape.iter().product::<usize>()).sum();
+            let dtypes: std::collections::BTreeSet<String> = tensors.iter().map(|t| format!("{:?}", t.dtype)).collect();
+            let dtypes: Vec<String> = dtypes.into_iter().collect();
             println!("{component:<14} {:>8.1}M parameters  {}", params as f64 / 1e6, dtypes.join(","));
         }
         let gpu = open_gpu(dtype)?;

@@ -1,15 +1,16 @@
 //! Where a model's configs and weights come from, behind one small trait, so the pipeline loads
-//! the same way from a local folder (CLI, native tests), from bytes in memory (browser tests)
-//! and from the Hub or the browser cache.
+//! the same way from a local folder (CLI, native tests) and from the Hub or the browser cache
+//! (`weight_cache`).
 
-use crate::weights::{LoadError, TensorSource};
+use crate::weights::{LoadError, LocalFuture, TensorSource};
 
 /// A model in the Hub layout (`model_index.json`, `unet/`, `vae/`, `image_encoder/`, ...).
+/// Async, because in the browser files come from IndexedDB or the network.
 pub trait ModelSource {
     /// A text file by its path in the repo, e.g. `unet/config.json`.
-    fn text(&self, path: &str) -> Result<String, LoadError>;
+    fn text<'a>(&'a self, path: &'a str) -> LocalFuture<'a, Result<String, LoadError>>;
     /// The weights of a component folder.
-    fn tensors(&self, component: &str) -> Result<Box<dyn TensorSource>, LoadError>;
+    fn tensors<'a>(&'a self, component: &'a str) -> LocalFuture<'a, Result<Box<dyn TensorSource + 'a>, LoadError>>;
 }
 
 /// The weight file of a component: diffusers' name for diffusers models, transformers' for
@@ -19,33 +20,6 @@ pub fn weights_file(component: &str, variant: Option<&str>) -> String {
     match variant {
         Some(v) => format!("{component}/{stem}.{v}.safetensors"),
         None => format!("{component}/{stem}.safetensors"),
-    }
-}
-
-/// A model held in memory: repo paths to file bytes.
-#[derive(Default)]
-pub struct MemoryModel {
-    files: std::collections::BTreeMap<String, std::sync::Arc<[u8]>>,
-}
-
-impl MemoryModel {
-    pub fn insert(&mut self, path: &str, bytes: impl Into<std::sync::Arc<[u8]>>) {
-        self.files.insert(path.into(), bytes.into());
-    }
-
-    fn file(&self, path: &str) -> Result<&std::sync::Arc<[u8]>, LoadError> {
-        self.files.get(path).ok_or_else(|| LoadError::Io(format!("{path}: not in the model")))
-    }
-}
-
-impl ModelSource for MemoryModel {
-    fn text(&self, path: &str) -> Result<String, LoadError> {
-        String::from_utf8(self.file(path)?.to_vec()).map_err(|_| LoadError::Io(format!("{path}: not UTF-8")))
-    }
-
-    fn tensors(&self, component: &str) -> Result<Box<dyn TensorSource>, LoadError> {
-        let path = weights_file(component, None);
-        Ok(Box::new(crate::weights::SafetensorsBytes::new(&path, self.file(&path)?.clone())?))
     }
 }
 
@@ -71,13 +45,18 @@ impl ModelDir {
 
 #[cfg(not(target_arch = "wasm32"))]
 impl ModelSource for ModelDir {
-    fn text(&self, path: &str) -> Result<String, LoadError> {
+    fn text<'a>(&'a self, path: &'a str) -> LocalFuture<'a, Result<String, LoadError>> {
         let full = self.root.join(path);
-        std::fs::read_to_string(&full).map_err(|e| LoadError::Io(format!("{}: {e}", full.display())))
+        let text = std::fs::read_to_string(&full).map_err(|e| LoadError::Io(format!("{}: {e}", full.display())));
+        Box::pin(std::future::ready(text))
     }
 
-    fn tensors(&self, component: &str) -> Result<Box<dyn TensorSource>, LoadError> {
-        let path = self.root.join(weights_file(component, self.variant.as_deref()));
-        Ok(Box::new(crate::weights::SafetensorsFile::open(&path)?))
+    /// The variant's file where the component has one, else the plain file (a repo may ship
+    /// fp16 files for some components only).
+    fn tensors<'a>(&'a self, component: &'a str) -> LocalFuture<'a, Result<Box<dyn TensorSource + 'a>, LoadError>> {
+        let variant = self.root.join(weights_file(component, self.variant.as_deref()));
+        let path = if variant.is_file() { variant } else { self.root.join(weights_file(component, None)) };
+        let source = crate::weights::SafetensorsFile::open(&path).map(|s| Box::new(s) as Box<dyn TensorSource>);
+        Box::pin(std::future::ready(source))
     }
 }

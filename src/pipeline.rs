@@ -13,7 +13,7 @@ use crate::schedulers::SchedulerKind;
 use crate::torch_rng::BatchNoise;
 use crate::unet_2d::UNet2DConditionModel;
 use crate::vae::{self, AutoencoderKLDecoder};
-use crate::weights::{LoadError, Weights};
+use crate::weights::{self, LoadError, Weights};
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum PipelineError {
@@ -133,54 +133,103 @@ pub enum WeightsFrom {
     Random,
 }
 
-/// Loads one component's weights through `load`; from files, checks nothing was left over.
-pub fn load_component<T>(
+/// The components imvar loads, with the checkpoint prefixes it never needs from each (so
+/// they are neither downloaded nor uploaded).
+pub const COMPONENTS: [(&str, &[&str]); 3] = [("image_encoder", &[]), ("unet", &[]), ("vae", vae::UNUSED)];
+
+/// The checkpoint prefixes `component` does not need.
+pub fn unused_prefixes(component: &str) -> &'static [&'static str] {
+    COMPONENTS.iter().find(|(name, _)| *name == component).map_or(&[], |(_, unused)| unused)
+}
+
+/// Weights reaching the device: bytes of `component` done out of its total (stored sizes).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoadProgress {
+    pub component: String,
+    pub done: u64,
+    pub total: u64,
+}
+
+/// What loading put on the device.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct LoadReport {
+    /// Sum of the weight tensors' sizes in the compute dtype.
+    pub weight_bytes: u64,
+    /// How much the device's memory pools grew while loading (`None` where burn cannot tell).
+    pub device_bytes_allocated: Option<u64>,
+}
+
+/// Loads one component's weights through `load`: streams its tensors to the device, then hands
+/// them to the model code by name and checks nothing was left over.
+pub async fn load_component<T>(
     source: &dyn ModelSource,
     gpu: &Gpu,
     from: WeightsFrom,
     component: &str,
-    unused: &[&str],
+    on_progress: &mut dyn FnMut(&LoadProgress),
     load: impl FnOnce(&mut Weights) -> Result<T, LoadError>,
-) -> Result<T, LoadError> {
+) -> Result<(T, u64), LoadError> {
     let dtype = gpu.capabilities.compute_dtype;
     match from {
-        WeightsFrom::Random => load(&mut Weights::random(component, &gpu.device, dtype)),
+        WeightsFrom::Random => Ok((load(&mut Weights::random(component, &gpu.device, dtype))?, 0)),
         WeightsFrom::Files => {
-            let mut tensors = source.tensors(component)?;
-            let mut weights = Weights::new(tensors.as_mut(), component, &gpu.device, dtype);
+            let unused = unused_prefixes(component);
+            let mut source = source.tensors(component).await?;
+            let total = source.tensors().iter().filter(|t| !weights::is_unused(&t.name, unused)).map(|t| t.byte_len()).sum();
+            let mut progress = LoadProgress { component: component.into(), done: 0, total };
+            on_progress(&progress);
+            let mut on_tensor = |bytes| {
+                progress.done += bytes;
+                on_progress(&progress);
+            };
+            let tensors = weights::upload(source.as_mut(), component, unused, &gpu.device, dtype, &mut on_tensor).await?;
+            let bytes = tensors.device_bytes;
+            let mut weights = Weights::new(tensors, component, &gpu.device, dtype);
             let model = load(&mut weights)?;
-            weights.finish(unused)?;
-            Ok(model)
+            weights.finish()?;
+            Ok((model, bytes))
         }
     }
 }
 
 impl ImageVariationPipeline {
-    pub fn load(source: &dyn ModelSource, gpu: &Gpu) -> Result<Self, PipelineError> {
-        Self::load_from(source, gpu, WeightsFrom::Files)
+    pub async fn load(source: &dyn ModelSource, gpu: &Gpu) -> Result<Self, PipelineError> {
+        Ok(Self::load_with(source, gpu, WeightsFrom::Files, &mut |_| {}).await?.0)
     }
 
-    pub fn load_from(source: &dyn ModelSource, gpu: &Gpu, from: WeightsFrom) -> Result<Self, PipelineError> {
-        ModelIndex::from_json(&source.text("model_index.json")?)?;
-        let clip_config = ClipVisionConfig::from_json(&source.text("image_encoder/config.json")?)?;
-        let unet_config = UNetConfig::from_json(&source.text("unet/config.json")?)?;
-        let vae_config = VaeConfig::from_json(&source.text("vae/config.json")?)?;
-        let scheduler_config = SchedulerConfig::from_json(&source.text("scheduler/scheduler_config.json")?)?;
+    pub async fn load_with(
+        source: &dyn ModelSource,
+        gpu: &Gpu,
+        from: WeightsFrom,
+        on_progress: &mut dyn FnMut(&LoadProgress),
+    ) -> Result<(Self, LoadReport), PipelineError> {
+        ModelIndex::from_json(&source.text("model_index.json").await?)?;
+        let clip_config = ClipVisionConfig::from_json(&source.text("image_encoder/config.json").await?)?;
+        let unet_config = UNetConfig::from_json(&source.text("unet/config.json").await?)?;
+        let vae_config = VaeConfig::from_json(&source.text("vae/config.json").await?)?;
+        let scheduler_config = SchedulerConfig::from_json(&source.text("scheduler/scheduler_config.json").await?)?;
         if clip_config.projection_dim != unet_config.cross_attention_dim {
             return Err(PipelineError::InvalidOption(format!(
                 "image_encoder projection_dim {} != unet cross_attention_dim {}",
                 clip_config.projection_dim, unet_config.cross_attention_dim
             )));
         }
-        Ok(Self {
-            image_encoder: load_component(source, gpu, from, "image_encoder", &[], |w| {
-                ClipVisionModelWithProjection::load(w, &clip_config)
-            })?,
-            unet: load_component(source, gpu, from, "unet", &[], |w| UNet2DConditionModel::load(w, &unet_config))?,
-            vae: load_component(source, gpu, from, "vae", vae::UNUSED, |w| AutoencoderKLDecoder::load(w, &vae_config))?,
-            scheduler_config,
-            gpu: gpu.clone(),
-        })
+        let reserved = || gpu.device.memory_pool_usage().map(|u| u.bytes_reserved);
+        let before = reserved();
+        // Boxed: the futures hold whole models, too large for a thread's stack in debug builds.
+        let (image_encoder, clip_bytes) = Box::pin(load_component(source, gpu, from, "image_encoder", on_progress, |w| {
+            ClipVisionModelWithProjection::load(w, &clip_config)
+        }))
+        .await?;
+        let (unet, unet_bytes) =
+            Box::pin(load_component(source, gpu, from, "unet", on_progress, |w| UNet2DConditionModel::load(w, &unet_config))).await?;
+        let (vae, vae_bytes) =
+            Box::pin(load_component(source, gpu, from, "vae", on_progress, |w| AutoencoderKLDecoder::load(w, &vae_config))).await?;
+        let report = LoadReport {
+            weight_bytes: clip_bytes + unet_bytes + vae_bytes,
+            device_bytes_allocated: before.zip(reserved()).map(|(b, a)| a.saturating_sub(b)),
+        };
+        Ok((Self { image_encoder, unet, vae, scheduler_config, gpu: gpu.clone() }, report))
     }
 
     pub fn unet(&self) -> &UNet2DConditionModel {
@@ -384,7 +433,7 @@ mod tests {
             let image = input();
             for variant in ["fp32", "fp16"] {
                 let source = tiny_model((variant == "fp16").then_some("fp16"));
-                let pipeline = ImageVariationPipeline::load(&source, &gpu).unwrap();
+                let pipeline = ImageVariationPipeline::load(&source, &gpu).await.unwrap();
                 for run in manifest()["runs"].as_array().unwrap().iter().filter(|r| r["variant"] == variant) {
                     let options = GenerateOptions {
                         n: run["n"].as_u64().unwrap() as usize,
@@ -416,7 +465,7 @@ mod tests {
     fn f16_compute_stays_within_a_few_levels_of_the_fp32_reference() {
         pollster::block_on(async {
             let gpu = shared_gpu(DTypeChoice::Exactly(ComputeDType::F16)).await;
-            let pipeline = ImageVariationPipeline::load(&tiny_model(Some("fp16")), &gpu).unwrap();
+            let pipeline = ImageVariationPipeline::load(&tiny_model(Some("fp16")), &gpu).await.unwrap();
             for (scheduler, golden) in [(SchedulerKind::Pndm, "pndm-n1-g3-fp16-0"), (SchedulerKind::EulerAncestral, "euler-a-n1-g3-fp16-0")] {
                 let options = GenerateOptions { steps: 5, seed: 2026, scheduler: Some(scheduler), ..Default::default() };
                 let out = pipeline.generate(&input(), &options, &mut |_| true).await.unwrap();
@@ -432,7 +481,7 @@ mod tests {
     fn cancelling_stops_between_steps() {
         pollster::block_on(async {
             let gpu = shared_gpu(DTypeChoice::Exactly(ComputeDType::F32)).await;
-            let pipeline = ImageVariationPipeline::load(&tiny_model(None), &gpu).unwrap();
+            let pipeline = ImageVariationPipeline::load(&tiny_model(None), &gpu).await.unwrap();
             let mut seen = Vec::new();
             let options = GenerateOptions { steps: 5, n: 2, previews: true, ..Default::default() };
             let mut last_elapsed = Duration::ZERO;
@@ -454,7 +503,7 @@ mod tests {
     fn invalid_options_are_refused_by_name() {
         pollster::block_on(async {
             let gpu = shared_gpu(DTypeChoice::Exactly(ComputeDType::F32)).await;
-            let pipeline = ImageVariationPipeline::load(&tiny_model(None), &gpu).unwrap();
+            let pipeline = ImageVariationPipeline::load(&tiny_model(None), &gpu).await.unwrap();
             for (options, words) in [
                 (GenerateOptions { n: 0, ..Default::default() }, "n must be"),
                 (GenerateOptions { steps: 0, ..Default::default() }, "steps must be"),

@@ -204,6 +204,7 @@ pub fn upload<const D: usize>(golden: &Golden, name: &str, gpu: &Gpu) -> Tensor<
 }
 
 /// Max |a - e| relative to the largest |e|: the scale-free error the model tests bound.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn relative_error(actual: &[f32], expected: &[f32]) -> f32 {
     assert_eq!(actual.len(), expected.len(), "length");
     let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);

@@ -134,8 +134,8 @@ mod tests {
         pollster::block_on(async {
             let gpu = shared_gpu(DTypeChoice::Exactly(ComputeDType::F32)).await;
             let source = tiny_model(None);
-            let config = UNetConfig::from_json(&source.text("unet/config.json").unwrap()).unwrap();
-            let unet = load_component(&source, &gpu, WeightsFrom::Files, "unet", &[], |w| super::UNet2DConditionModel::load(w, &config)).unwrap();
+            let config = UNetConfig::from_json(&source.text("unet/config.json").await.unwrap()).unwrap();
+            let unet = load_component(&source, &gpu, WeightsFrom::Files, "unet", &mut |_| {}, |w| super::UNet2DConditionModel::load(w, &config)).await.unwrap().0;
             let golden = Golden::open("blocks.safetensors");
             let t = golden.f32("unet.call.timestep")[0];
             let mut blocks = Vec::new();

@@ -77,8 +77,8 @@ mod tests {
         pollster::block_on(async {
             let gpu = shared_gpu(DTypeChoice::Exactly(ComputeDType::F32)).await;
             let source = tiny_model(None);
-            let config = VaeConfig::from_json(&source.text("vae/config.json").unwrap()).unwrap();
-            let vae = load_component(&source, &gpu, WeightsFrom::Files, "vae", super::UNUSED, |w| super::AutoencoderKLDecoder::load(w, &config)).unwrap();
+            let config = VaeConfig::from_json(&source.text("vae/config.json").await.unwrap()).unwrap();
+            let vae = load_component(&source, &gpu, WeightsFrom::Files, "vae", &mut |_| {}, |w| super::AutoencoderKLDecoder::load(w, &config)).await.unwrap().0;
             let latents = upload(&Golden::open("run-pndm.safetensors"), "step5.latents", &gpu);
             let err = relative_error(&read(vae.decode(latents)).await, &Golden::open("blocks.safetensors").f32("vae.decoder.out"));
             assert!(err < 1e-5, "relative error {err}");

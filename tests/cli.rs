@@ -6,12 +6,19 @@ use std::process::{Command, Output};
 
 use imvar::preprocess::{RgbImage, decode};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
+mod standin;
+use standin::{StandIn, fixtures};
 
 fn imvar(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_imvar")).args(args).output().expect("imvar runs")
+    imvar_with(args, &[])
+}
+
+fn imvar_with(args: &[&str], env: &[(&str, &Path)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_imvar"));
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.args(args).output().expect("imvar runs")
 }
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -117,4 +124,39 @@ fn bench_prints_one_json_line_per_stage_with_random_weights() {
         assert_eq!(line["dtype"], "f32");
     }
     assert_eq!(lines[1]["batch"], 2);
+}
+
+#[test]
+fn a_hub_model_id_downloads_into_the_hugging_face_cache_once_and_works_offline() {
+    let hub = StandIn::start(&[]);
+    let home = temp_dir("hf-home");
+    let out = temp_dir("hub-out");
+    let endpoint = PathBuf::from(&hub.url);
+    let env = [("HF_HOME", home.as_path()), ("HF_ENDPOINT", endpoint.as_path())];
+    let input = fixtures().join("input.png");
+    let args = ["generate", "--model", "imvar-tests/tiny@refs/pr/1", "--image", input.to_str().unwrap(), "--out", out.to_str().unwrap(),
+        "--seed", "2026", "--steps", "5", "--scheduler", "pndm", "--dtype", "f32"];
+    let check = |result: Output| {
+        assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+        let ours = png(&out.join("variation-0.png"));
+        let golden = png(&fixtures().join("golden/images/pndm-n1-g3-fp16-0.png"));
+        let worst = ours.pixels.iter().zip(&golden.pixels).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+        assert!(worst <= 2, "{worst} levels");
+    };
+    check(imvar_with(&args, &env));
+    let repo = home.join("hub/models--imvar-tests--tiny");
+    let commit = std::fs::read_to_string(repo.join("refs/refs/pr/1")).unwrap();
+    let unet = repo.join("snapshots").join(&commit).join("unet/diffusion_pytorch_model.fp16.safetensors");
+    assert!(std::fs::symlink_metadata(&unet).unwrap().file_type().is_symlink(), "snapshot files link to blobs");
+    assert_eq!(std::fs::read(&unet).unwrap(), std::fs::read(fixtures().join("tiny-sd-image-variations/unet/diffusion_pytorch_model.fp16.safetensors")).unwrap());
+    let log = hub.log("refs/pr/1");
+    assert!(!log.iter().any(|e| e["path"].as_str().unwrap().starts_with("safety_checker")));
+
+    // A second run downloads nothing; with the Hub gone it still works.
+    hub.reset();
+    check(imvar_with(&args, &env));
+    assert!(standin::weight_requests(&hub.log("refs/pr/1")).iter().all(|e| e["bytes"].as_u64().unwrap() <= 1), "no weight downloads");
+    drop(hub);
+    check(imvar_with(&args, &env));
+    assert_clear_failure(&imvar_with(&["info", "--model", "imvar-tests/missing"], &env), "offline");
 }

@@ -1,64 +1,315 @@
-// The demo page. At this stage: open the GPU through imvar's wasm and show what it offers.
-import init, { capabilities } from "./pkg/imvar.js";
+// The demo page: picture input, settings, model download/cache panel, live generation with
+// previews, and the results grid. The pipeline itself runs in worker.js.
+// Query parameters `endpoint`, `model` and `revision` select another Hub or model.
 
-const status = document.getElementById("gpu-status");
-const report = document.getElementById("gpu-report");
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const model = Object.fromEntries(["endpoint", "model", "revision"].filter((k) => params.get(k)).map((k) => [k, params.get(k)]));
+const SCHEDULER_NAMES = { pndm: "PNDM", ddim: "DDIM", euler: "Euler", "euler-a": "Euler ancestral", "dpm++2m": "DPM-Solver++ 2M" };
+const COMPONENTS = ["image_encoder", "unet", "vae"];
 
-const LABELS = {
-  adapter: "Adapter",
-  vendor: "Vendor",
-  device_type: "Device type",
-  backend: "Backend",
-  driver: "Driver",
-  compute_dtype: "Compute precision",
-  shader_f16: "shader-f16",
-  timestamp_query: "timestamp-query",
-  subgroups: "Subgroups",
-  max_buffer_size: "Largest buffer",
-  max_storage_buffer_binding_size: "Largest storage binding",
-  max_compute_workgroup_storage_size: "Workgroup memory",
-  max_compute_invocations_per_workgroup: "Invocations per workgroup",
+const state = { image: null, imageUrl: null, loaded: false, running: null, runs: 0, pending: null };
+
+if ("serviceWorker" in navigator && location.protocol !== "file:") {
+  navigator.serviceWorker.register("sw.js").catch(() => { /* offline shell is a bonus */ });
+}
+
+const worker = new Worker(new URL("worker.js", import.meta.url), { type: "module" });
+worker.onmessage = ({ data }) => handlers[data.type](data);
+worker.postMessage({ type: "init", model });
+if (model.model) {
+  $("model-link").textContent = model.model;
+  $("model-link").href = `${model.endpoint ?? "https://huggingface.co"}/${model.model}`;
+}
+
+// ---------- formatting ----------
+function bytes(n) {
+  if (n == null) return "unknown";
+  const units = ["B", "KB", "MB", "GB"];
+  let i = 0;
+  while (n >= 1000 && i < units.length - 1) { n /= 1000; i++; }
+  return `${n >= 100 || i === 0 ? Math.round(n) : n.toFixed(1)} ${units[i]}`;
+}
+function duration(seconds) {
+  if (seconds == null || !isFinite(seconds)) return "";
+  if (seconds < 60) return `${Math.max(1, Math.round(seconds))} s`;
+  return `${Math.floor(seconds / 60)} min ${Math.round(seconds % 60)} s`;
+}
+
+// ---------- errors in plain words ----------
+function explain(error) {
+  const m = error.message;
+  switch (error.name) {
+    case "NoWebGpu": return { text: m };
+    case "ImageError": return { text: `That file is not a picture imvar can read (JPEG, PNG, WebP, GIF or BMP): ${m}.` };
+    case "QuotaError": return { text: `The browser has no room to keep the model: ${m}`, action: "Continue without caching", run: () => startLoad("stream") };
+    case "OfflineError": return { text: `You are offline and the model is not fully downloaded yet. Connect once to finish the download. (${m})` };
+    case "NetworkError": return { text: `The model could not be downloaded: ${m}. Check your connection and try again; what was downloaded is kept.` };
+    case "CancelledError": return null;
+    case "GpuError":
+      if (/memory|allocat/i.test(m)) return { text: `Not enough GPU memory for this run. Try fewer variations or a smaller size. (${m})` };
+      if (/lost|destroyed/i.test(m)) return { text: "The GPU device was lost (a driver reset or the machine sleeping). Click Generate to continue; the model reloads from the cache." };
+      return { text: `The GPU failed: ${m}. Click Generate to try again.` };
+    default: return { text: m };
+  }
+}
+function showError(error) {
+  const explained = explain(error);
+  if (!explained) return;
+  $("alert-text").textContent = explained.text;
+  $("alert-action").hidden = !explained.action;
+  if (explained.action) {
+    $("alert-action").textContent = explained.action;
+    $("alert-action").onclick = () => { hideError(); explained.run(); };
+  }
+  $("alert").hidden = false;
+}
+function hideError() { $("alert").hidden = true; }
+$("alert-close").onclick = hideError;
+
+// ---------- input picture ----------
+async function choose(file) {
+  hideError();
+  if (!file) return;
+  try {
+    await createImageBitmap(file);
+  } catch {
+    state.image = null;
+    $("input-preview").hidden = true;
+    $("drop-hint").hidden = false;
+    showError({ name: "ImageError", message: `"${file.name || "the pasted file"}" could not be decoded` });
+    return;
+  }
+  state.image = file;
+  if (state.imageUrl) URL.revokeObjectURL(state.imageUrl);
+  state.imageUrl = URL.createObjectURL(file);
+  $("input-preview").src = state.imageUrl;
+  $("input-preview").hidden = false;
+  $("drop-hint").hidden = true;
+}
+$("image-input").onchange = () => choose($("image-input").files[0]);
+const zone = $("drop-zone");
+zone.onclick = () => $("image-input").click();
+zone.onkeydown = (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); $("image-input").click(); } };
+zone.ondragover = (e) => { e.preventDefault(); zone.classList.add("dragging"); };
+zone.ondragleave = () => zone.classList.remove("dragging");
+zone.ondrop = (e) => { e.preventDefault(); zone.classList.remove("dragging"); choose(e.dataTransfer.files[0]); };
+document.addEventListener("paste", (e) => {
+  const file = [...e.clipboardData.files].find((f) => f.type.startsWith("image/"));
+  if (file) choose(file);
+});
+
+// ---------- model panel ----------
+function setModelStatus(text) { $("model-status").textContent = text; }
+function showCached(bytesStored) {
+  $("delete-model").hidden = !(bytesStored > 0);
+  $("download").hidden = true;
+}
+function startLoad(kind = "load") {
+  $("download").hidden = true;
+  $("model-progress").hidden = false;
+  setModelStatus(state.pending?.downloadBytes > 0 && kind === "load" ? "Downloading the model…" : "Loading the model onto your GPU…");
+  worker.postMessage({ type: kind });
+}
+$("download").onclick = () => startLoad();
+$("delete-model").onclick = () => {
+  if (state.running) return;
+  state.loaded = false;
+  worker.postMessage({ type: "delete" });
 };
 
-function formatValue(key, value) {
-  if (typeof value === "boolean") return value ? "yes" : "no";
-  if (key.startsWith("max_") && key.endsWith("size")) return formatBytes(value);
-  if (key === "compute_dtype") return value === "f16" ? "f16 (half precision)" : "f32 (full precision)";
-  return value === "" ? "—" : String(value);
+const handlers = {
+  capabilities({ capabilities }) {
+    const rows = [["Adapter", capabilities.adapter], ["Backend", capabilities.backend],
+      ["Precision", capabilities.compute_dtype === "f16" ? "f16 (half)" : "f32 (full)"],
+      ["Largest buffer", bytes(capabilities.max_buffer_size)], ["shader-f16", capabilities.shader_f16 ? "yes" : "no"]];
+    $("gpu-report").querySelector("tbody").replaceChildren(...rows.map(([k, v]) => {
+      const tr = document.createElement("tr");
+      tr.innerHTML = "<th scope=row></th><td></td>";
+      tr.cells[0].textContent = k;
+      tr.cells[1].textContent = v;
+      return tr;
+    }));
+    setModelStatus("Reading the model's files…");
+  },
+  pending({ pending }) {
+    state.pending = pending;
+    if (pending.downloadBytes === 0) {
+      setModelStatus(`The model is in this browser's cache (${bytes(pending.storedBytes)}). Loading it onto your GPU…`);
+      showCached(pending.storedBytes);
+      startLoad();
+      return;
+    }
+    const room = pending.availableBytes == null ? "" : ` This browser lets the page store ${bytes(pending.availableBytes)}.`;
+    const kept = pending.cachedBytes > 0 ? ` ${bytes(pending.cachedBytes)} are already here from an earlier visit.` : "";
+    setModelStatus(`First use downloads the model once: ${bytes(pending.downloadBytes)}, kept in this browser ` +
+      `(${bytes(pending.storedBytes)}) so later visits and offline use need no download.${kept}${room}`);
+    $("download").hidden = false;
+    $("delete-model").hidden = !(pending.cachedBytes > 0);
+  },
+  progress({ event }) {
+    $("model-progress").hidden = false;
+    const phase = event.phase === "download" ? "Downloading" : event.phase === "load" ? "Loading onto the GPU" : "Reading";
+    const bar = $(`progress-${event.component}`);
+    if (bar) { bar.max = Math.max(event.total, 1); bar.value = event.done; }
+    $("progress-overall").max = Math.max(event.overallTotal, 1);
+    $("progress-overall").value = event.overallDone;
+    setModelStatus(`${phase}: ${bytes(event.overallDone)} of ${bytes(event.overallTotal)}`);
+    const eta = event.etaSeconds == null ? "" : `, about ${duration(event.etaSeconds)} left`;
+    $("model-speed").textContent = event.phase === "download" ? `${bytes(event.bytesPerSecond)}/s${eta}` : "";
+  },
+  loaded({ summary, defaultScheduler }) {
+    state.loaded = true;
+    $("model-progress").hidden = true;
+    const where = summary.cached ? `cached in this browser (${bytes(summary.storedBytes)})` : "streamed without caching";
+    setModelStatus(`Ready: ${summary.model.repo}, ${where}, ${bytes(summary.weightBytes)} on the GPU.`);
+    $("model-status").className = "ok";
+    showCached(summary.cached ? summary.storedBytes : 0);
+    if (!state.schedulerTouched) $("scheduler").value = defaultScheduler;
+    [...$("scheduler").options].forEach((o) => { o.textContent = SCHEDULER_NAMES[o.value] + (o.value === defaultScheduler ? " (the model's)" : ""); });
+  },
+  step({ id, report }) {
+    if (id !== state.running?.id) return;
+    $("step-label").textContent = `Step ${report.step} of ${report.total}`;
+    $("step-progress").max = report.total;
+    $("step-progress").value = report.step;
+    state.running.lastStep = report.step;
+    $("step-eta").textContent = report.etaSeconds == null ? "" : `About ${duration(report.etaSeconds)} left`;
+    report.previews.forEach((p, i) => drawPreview(report.first + i, p));
+  },
+  done({ id, results }) {
+    if (id !== state.running?.id) return;
+    addRun(state.running, results);
+    finishRun(`Done: ${results.length} variation${results.length > 1 ? "s" : ""}, seed ${state.running.seed}.`);
+  },
+  deleted() {
+    $("model-status").className = "";
+    $("delete-model").hidden = true;
+  },
+  error({ error, during, id }) {
+    if (during === "generate" && id === state.running?.id) {
+      finishRun(error.name === "CancelledError" ? `Cancelled after step ${state.running.lastStep ?? 0}.` : "Stopped by an error.");
+    }
+    if (during === "init" || during === "load" || during === "stream") {
+      setModelStatus(during === "init" && error.name === "NoWebGpu" ? "WebGPU is not available." : "The model is not loaded.");
+      $("model-progress").hidden = true;
+      if (error.name !== "NoWebGpu" && during !== "init") $("download").hidden = false;
+    }
+    showError(error);
+  },
+};
+
+// ---------- generation ----------
+function drawPreview(index, preview) {
+  const canvas = $("previews").children[index];
+  if (!canvas) return;
+  canvas.width = preview.width;
+  canvas.height = preview.height;
+  const rgba = new Uint8ClampedArray(preview.width * preview.height * 4);
+  const rgb = new Uint8Array(preview.rgb.buffer ?? preview.rgb);
+  for (let p = 0, q = 0; p < rgb.length; p += 3, q += 4) {
+    rgba[q] = rgb[p]; rgba[q + 1] = rgb[p + 1]; rgba[q + 2] = rgb[p + 2]; rgba[q + 3] = 255;
+  }
+  canvas.getContext("2d").putImageData(new ImageData(rgba, preview.width, preview.height), 0, 0);
 }
 
-function formatBytes(n) {
-  const units = ["B", "KiB", "MiB", "GiB"];
-  let i = 0;
-  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
-  return `${Number.isInteger(n) ? n : n.toFixed(1)} ${units[i]}`;
+function readSettings() {
+  const number = (id, min, max, integer) => {
+    const input = $(id);
+    const value = Number(input.value);
+    if (input.value === "" || !isFinite(value) || value < min || value > max || (integer && !Number.isInteger(value))) {
+      throw { name: "OptionError", message: `${input.closest("label").firstChild.textContent.trim()} must be ${integer ? "a whole number" : "a number"} from ${min} to ${max}.` };
+    }
+    return value;
+  };
+  const seedText = $("seed").value.trim();
+  const seed = seedText === "" ? crypto.getRandomValues(new Uint32Array(1))[0] : number("seed", 0, 2 ** 53 - 1, true);
+  return {
+    n: number("count", 1, 8, true),
+    steps: number("steps", 1, 200, true),
+    guidance: number("guidance", 0, 20, false),
+    seed,
+    scheduler: $("scheduler").value,
+  };
 }
 
-function showReport(caps) {
-  const body = report.querySelector("tbody");
-  body.replaceChildren(...Object.entries(LABELS).map(([key, label]) => {
-    const row = document.createElement("tr");
-    const th = document.createElement("th");
-    const td = document.createElement("td");
-    th.scope = "row";
-    th.textContent = label;
-    td.textContent = formatValue(key, caps[key]);
-    row.append(th, td);
-    return row;
-  }));
-  report.hidden = false;
-  status.className = "ok";
-  status.textContent = "WebGPU is ready.";
+$("scheduler").onchange = () => { state.schedulerTouched = true; };
+$("controls").onsubmit = async (e) => {
+  e.preventDefault();
+  if (state.running) return;
+  hideError();
+  if (!state.image) { showError({ name: "OptionError", message: "Choose a picture first: drop one on the box, paste one, or use the Image field." }); return; }
+  let options;
+  try { options = readSettings(); } catch (error) { showError(error); return; }
+  if (!state.loaded) startLoad();
+  const id = ++state.runs;
+  state.running = { id, ...options, image: state.imageUrl };
+  $("generate").disabled = true;
+  $("cancel").disabled = false;
+  $("generation").hidden = false;
+  $("generation-title").textContent = `Generating ${options.n} variation${options.n > 1 ? "s" : ""} (seed ${options.seed})`;
+  $("step-label").textContent = state.loaded ? "Starting…" : "Waiting for the model…";
+  $("step-progress").value = 0;
+  $("step-eta").textContent = "";
+  $("previews").replaceChildren(...Array.from({ length: options.n }, () => document.createElement("canvas")));
+  const image = await state.image.arrayBuffer();
+  worker.postMessage({ type: "generate", id, image, options }, [image]);
+};
+$("cancel").onclick = () => {
+  if (!state.running) return;
+  $("cancel").disabled = true;
+  $("step-label").textContent = `Cancelling after step ${state.running.lastStep ?? 0}…`;
+  worker.postMessage({ type: "cancel" });
+};
+
+function finishRun(message) {
+  $("generate").disabled = false;
+  $("cancel").disabled = true;
+  $("generation-title").textContent = message;
+  $("step-eta").textContent = "";
+  state.running = null;
 }
 
-function showError(message) {
-  status.className = "error";
-  status.textContent = message;
+function addRun(run, results) {
+  $("results-empty").hidden = true;
+  const section = document.createElement("section");
+  section.className = "run";
+  const title = document.createElement("h3");
+  title.append(`Run ${run.id} `);
+  const details = document.createElement("span");
+  details.textContent = `· seed ${run.seed} · ${run.steps} steps · ${SCHEDULER_NAMES[run.scheduler]} · guidance ${run.guidance}`;
+  title.append(details);
+  const grid = document.createElement("div");
+  grid.className = "grid";
+  for (const result of results) grid.append(figure(result, results.length));
+  section.append(title, grid);
+  $("results").querySelector("h2").after(section);
 }
 
-try {
-  await init();
-  showReport(await capabilities());
-} catch (error) {
-  showError(error instanceof Error ? error.message : String(error));
+function figure(result, n) {
+  const blob = new Blob([result.png], { type: "image/png" });
+  const url = URL.createObjectURL(blob);
+  const k = result.index + 1;
+  const fig = document.createElement("figure");
+  const img = document.createElement("img");
+  img.src = url;
+  img.alt = `Variation ${k} of ${n}, seed ${result.seed}`;
+  img.onclick = () => { $("viewer-image").src = url; $("viewer-image").alt = img.alt; $("viewer").showModal(); };
+  const caption = document.createElement("figcaption");
+  const label = document.createElement("span");
+  label.textContent = `#${k} · seed ${result.seed}`;
+  const actions = document.createElement("span");
+  actions.className = "actions";
+  const download = document.createElement("a");
+  download.href = url;
+  download.download = `imvar-seed${result.seed}-${k}.png`;
+  download.textContent = "Download";
+  const vary = document.createElement("button");
+  vary.type = "button";
+  vary.textContent = "Vary this";
+  vary.onclick = () => { choose(new File([blob], `variation-${k}.png`, { type: "image/png" })); window.scrollTo({ top: 0, behavior: "smooth" }); };
+  actions.append(download, vary);
+  caption.append(label, actions);
+  fig.append(img, caption);
+  return fig;
 }

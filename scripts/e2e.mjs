@@ -1,0 +1,201 @@
+#!/usr/bin/env node
+// End-to-end tests of the demo page in headless Chromium (playwright-core driving the system's
+// Chromium, WebGPU on SwiftShader), against the local Hub stand-in serving the tiny fixture
+// model. Drives the page by its accessible names, compares the generated PNGs with diffusers'
+// golden ones, and saves a screenshot of each state.
+//
+//   node scripts/e2e.mjs [--out DIR]      (pkg/ must be built: scripts/test does it)
+//
+// Ends with a `test result:` line in cargo's format, so scripts/test counts these checks.
+import { spawn } from "node:child_process";
+import { mkdirSync, readFileSync } from "node:fs";
+import { createInterface } from "node:readline";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+const out = process.argv.includes("--out") ? process.argv[process.argv.indexOf("--out") + 1] : join(root, "test-artifacts");
+mkdirSync(out, { recursive: true });
+const fixtures = join(root, "tests/fixtures");
+const children = [];
+
+/** Starts a Python server and resolves with the URL it prints. */
+function serve(args, prefix) {
+  const child = spawn("python3", args, { cwd: root, stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, IMVAR_SERVE_QUIET: "1" } });
+  children.push(child);
+  return new Promise((resolve, reject) => {
+    createInterface({ input: child.stdout }).once("line", (line) => {
+      const url = line.trim().split(" ").pop().replace(/\/$/, "");
+      line.startsWith(prefix) ? resolve(url) : reject(new Error(`unexpected: ${line}`));
+    });
+    child.once("exit", (code) => reject(new Error(`${args[0]} exited with ${code}`)));
+  });
+}
+
+const app = await serve(["scripts/serve.py", "--port", "0", "--mount", "/=www", "--mount", "/pkg=pkg"], "serving on");
+const hub = await serve(["scripts/hub_standin.py", "--port", "0", "--repo", `imvar-tests/tiny=${join(fixtures, "tiny-sd-image-variations")}`], "hub-standin");
+const hubPost = (path, body) => fetch(`${hub}${path}`, { method: "POST", body: body ? JSON.stringify(body) : "" });
+const weightRequests = async (revision) =>
+  (await (await fetch(`${hub}/_log`)).json()).filter((e) => e.revision === revision && e.path.endsWith(".safetensors"));
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  args: ["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--no-sandbox", "--use-angle=swiftshader", "--enable-webgpu-developer-features"],
+});
+const context = await browser.newContext({ viewport: { width: 1280, height: 1000 } });
+const page = await context.newPage();
+page.on("console", (m) => { if (m.type() === "error") console.log(`  [page] ${m.text()}`); });
+page.on("pageerror", (e) => console.log(`  [page error] ${e.message}`));
+
+const revision = `e2e-${Date.now()}`;
+const url = `${app}/?endpoint=${encodeURIComponent(hub)}&model=imvar-tests/tiny&revision=${revision}`;
+const results = { passed: 0, failed: 0 };
+const shot = (name) => page.screenshot({ path: join(out, `${name}.png`), fullPage: true });
+
+async function check(name, body) {
+  const started = Date.now();
+  try {
+    await body();
+    results.passed++;
+    console.log(`test e2e::${name} ... ok (${((Date.now() - started) / 1000).toFixed(1)} s)`);
+  } catch (error) {
+    results.failed++;
+    console.log(`test e2e::${name} ... FAILED\n  ${error.stack ?? error}`);
+    await shot(`failed-${name}`).catch(() => {});
+    throw error;
+  }
+}
+
+const base64 = (path) => readFileSync(path).toString("base64");
+const GOLDEN = (n, k) => base64(join(fixtures, `golden/images/pndm-n${n}-g3-fp16-${k}.png`));
+
+/** Largest per-channel difference between a result image on the page and a golden PNG. */
+async function worstDifference(alt, goldenBase64) {
+  return page.evaluate(async ({ alt, goldenBase64 }) => {
+    const pixels = async (src) => {
+      const image = new Image();
+      image.src = src;
+      await image.decode();
+      const canvas = new OffscreenCanvas(image.naturalWidth, image.naturalHeight);
+      const context = canvas.getContext("2d");
+      context.drawImage(image, 0, 0);
+      return context.getImageData(0, 0, canvas.width, canvas.height).data;
+    };
+    const ours = await pixels(document.querySelector(`img[alt="${alt}"]`).src);
+    const theirs = await pixels(`data:image/png;base64,${goldenBase64}`);
+    if (ours.length !== theirs.length) return 255;
+    let worst = 0;
+    for (let i = 0; i < ours.length; i++) worst = Math.max(worst, Math.abs(ours[i] - theirs[i]));
+    return worst;
+  }, { alt, goldenBase64 });
+}
+
+async function setSettings({ n, steps, seed }) {
+  await page.getByLabel("Image").setInputFiles(join(fixtures, "input.png"));
+  await page.getByLabel("Number of variations").fill(String(n));
+  await page.getByLabel("Steps").fill(String(steps));
+  await page.getByLabel("Seed").fill(String(seed));
+  await page.getByLabel("Scheduler").selectOption("pndm");
+}
+
+async function generateAndCompare(n, label) {
+  await setSettings({ n, steps: 5, seed: 2026 });
+  await page.getByRole("button", { name: "Generate" }).click();
+  const results = page.getByRole("region", { name: "Results" });
+  for (let k = 1; k <= n; k++) {
+    const alt = `Variation ${k} of ${n}, seed 2026`;
+    await results.getByAltText(alt).first().waitFor({ timeout: 300_000 });
+    const worst = await worstDifference(alt, GOLDEN(n, k - 1));
+    console.log(`  ${label}: ${alt}: ${worst} levels from the golden PNG`);
+    if (worst > 2) throw new Error(`${label}: ${alt} differs by ${worst} levels`);
+  }
+}
+
+const ready = () => page.getByText(/^Ready:/).waitFor({ timeout: 300_000 });
+
+try {
+  await check("first_visit_states_the_download_size", async () => {
+    await page.goto(url);
+    await page.getByText(/First use downloads the model once/).waitFor({ timeout: 120_000 });
+    await shot("1-first-visit");
+  });
+
+  await check("download_shows_progress_and_generation_matches_the_golden_pngs", async () => {
+    // Slow weight answers, so the progress bars can be seen (and photographed).
+    await hubPost("/_faults", { revision, path: ".safetensors", kind: "slow", delay_ms: 700, times: 6 });
+    await page.getByRole("button", { name: "Download model" }).click();
+    await page.getByText(/^Downloading: /).waitFor({ timeout: 60_000 });
+    await page.waitForFunction(() => document.getElementById("progress-overall").value > 0, null, { timeout: 60_000 });
+    await shot("2-downloading");
+    await ready();
+    // The page answers while the worker generates: a timer set now fires promptly.
+    await setSettings({ n: 2, steps: 5, seed: 2026 });
+    await page.getByRole("button", { name: "Generate" }).click();
+    await page.getByText(/^Step [1-9]\d* of /).waitFor({ timeout: 300_000 });
+    const delay = await page.evaluate(() => new Promise((r) => { const t = performance.now(); setTimeout(() => r(performance.now() - t), 0); }));
+    if (delay > 250) throw new Error(`the page was unresponsive for ${delay} ms during generation`);
+    await shot("3-generating");
+    const results = page.getByRole("region", { name: "Results" });
+    for (let k = 1; k <= 2; k++) {
+      const alt = `Variation ${k} of 2, seed 2026`;
+      await results.getByAltText(alt).waitFor({ timeout: 300_000 });
+      const worst = await worstDifference(alt, GOLDEN(2, k - 1));
+      console.log(`  first visit: ${alt}: ${worst} levels from the golden PNG`);
+      if (worst > 2) throw new Error(`${alt} differs by ${worst} levels`);
+    }
+    if (await page.getByAltText(/^Variation/).count() !== 2) throw new Error("previews must not use the results' alt text");
+    await shot("4-results");
+  });
+
+  await check("a_reload_generates_again_with_zero_weight_requests", async () => {
+    await hubPost("/_reset");
+    await page.reload();
+    await page.getByText(/in this browser's cache/).or(page.getByText(/^Ready:/)).first().waitFor({ timeout: 120_000 });
+    await ready();
+    await generateAndCompare(1, "reload");
+    const requests = await weightRequests(revision);
+    if (requests.length !== 0) throw new Error(`${requests.length} weight requests after a reload`);
+  });
+
+  await check("offline_the_page_loads_and_generates", async () => {
+    await context.setOffline(true);
+    try {
+      await page.reload();
+      await ready();
+      await generateAndCompare(1, "offline");
+      await shot("5-offline");
+    } finally {
+      await context.setOffline(false);
+    }
+  });
+
+  await check("a_file_that_is_not_a_picture_is_reported_in_plain_words", async () => {
+    await page.getByLabel("Image").setInputFiles(join(fixtures, "README.md"));
+    await page.getByRole("alert").getByText(/not a picture imvar can read/).waitFor({ timeout: 30_000 });
+    await shot("6-error");
+    await page.getByRole("button", { name: "Dismiss" }).click();
+  });
+
+  await check("cancel_stops_the_run_within_one_step", async () => {
+    await setSettings({ n: 1, steps: 25, seed: 7 });
+    await page.getByRole("button", { name: "Generate" }).click();
+    await page.getByText(/^Step [2-9] of 2\d$/).waitFor({ timeout: 300_000 });
+    const atClick = Number((await page.locator("#step-label").textContent()).match(/Step (\d+)/)[1]);
+    await page.getByRole("button", { name: "Cancel" }).click();
+    const title = page.getByText(/^Cancelled after step \d+\.$/);
+    await title.waitFor({ timeout: 120_000 });
+    const stopped = Number((await title.textContent()).match(/step (\d+)/)[1]);
+    console.log(`  cancel clicked at step ${atClick}, stopped after step ${stopped}`);
+    if (stopped > atClick + 1) throw new Error(`stopped after step ${stopped}, clicked at ${atClick}`);
+    if (await page.getByAltText("Variation 1 of 1, seed 7").count() !== 0) throw new Error("a cancelled run left results");
+  });
+} catch {
+  // Reported above; the remaining checks depend on the failed one.
+} finally {
+  await browser.close();
+  children.forEach((c) => c.kill());
+  console.log(`screenshots in ${out}`);
+  console.log(`test result: ${results.failed ? "FAILED" : "ok"}. ${results.passed} passed; ${results.failed} failed; 0 ignored`);
+  process.exitCode = results.failed ? 1 : 0;
+}

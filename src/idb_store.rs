@@ -1,0 +1,212 @@
+//! IndexedDB behind `weight_cache::Store`: one object store of key → bytes records. Each `put`
+//! is one readwrite transaction, so a chunk's records land whole or not at all. Storage
+//! estimates, persistence and Web Locks come from `navigator`.
+
+use js_sys::{Array, Promise, Reflect, Uint8Array};
+use wasm_bindgen::closure::Closure;
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::JsFuture;
+use web_sys::{IdbDatabase, IdbFactory, IdbKeyRange, IdbObjectStore, IdbRequest, IdbTransaction, IdbTransactionMode};
+
+use crate::weight_cache::{Store, StoreError};
+use crate::web_fetch::js_message;
+use crate::weights::LocalFuture;
+
+const RECORDS: &str = "records";
+
+pub struct IdbStore {
+    db: IdbDatabase,
+}
+
+fn other(error: JsValue) -> StoreError {
+    StoreError::Other(js_message(&error))
+}
+
+/// A DOMException named QuotaExceededError is the quota; anything else is reported as it is.
+fn classify(error: JsValue) -> StoreError {
+    let name = Reflect::get(&error, &"name".into()).ok().and_then(|n| n.as_string());
+    if name.as_deref() == Some("QuotaExceededError") { StoreError::Quota } else { other(error) }
+}
+
+/// Settles when `request` succeeds (with its result) or fails (with its error).
+async fn settle(request: &IdbRequest) -> Result<JsValue, JsValue> {
+    let promise = Promise::new(&mut |resolve, reject| {
+        let done = request.clone();
+        let on_success = Closure::once_into_js(move || resolve.call1(&JsValue::NULL, &done.result().unwrap_or(JsValue::UNDEFINED)));
+        let failed = request.clone();
+        let on_error = Closure::once_into_js(move || {
+            let error = failed.error().ok().flatten().map(JsValue::from).unwrap_or(JsValue::NULL);
+            reject.call1(&JsValue::NULL, &error)
+        });
+        request.set_onsuccess(Some(on_success.unchecked_ref()));
+        request.set_onerror(Some(on_error.unchecked_ref()));
+    });
+    JsFuture::from(promise).await
+}
+
+/// Settles when `transaction` commits, or fails with the error that aborted it.
+async fn committed(transaction: &IdbTransaction) -> Result<(), JsValue> {
+    let promise = Promise::new(&mut |resolve, reject| {
+        let on_complete = Closure::once_into_js(move || resolve.call0(&JsValue::NULL));
+        let failed = transaction.clone();
+        let on_abort = Closure::once_into_js(move || {
+            let error = failed.error().map(JsValue::from).unwrap_or_else(|| "the transaction was aborted".into());
+            reject.call1(&JsValue::NULL, &error)
+        });
+        transaction.set_oncomplete(Some(on_complete.unchecked_ref()));
+        transaction.set_onabort(Some(on_abort.unchecked_ref()));
+    });
+    JsFuture::from(promise).await.map(|_| ())
+}
+
+/// Keys from `prefix` up to `prefix` followed by the highest code unit.
+fn prefix_range(prefix: &str) -> Result<JsValue, StoreError> {
+    IdbKeyRange::bound(&prefix.into(), &format!("{prefix}\u{ffff}").into()).map(JsValue::from).map_err(other)
+}
+
+fn navigator_member(name: &str) -> Option<JsValue> {
+    let navigator = Reflect::get(&js_sys::global(), &"navigator".into()).ok()?;
+    Reflect::get(&navigator, &name.into()).ok().filter(|v| !v.is_undefined() && !v.is_null())
+}
+
+/// Calls `navigator.{object}.{method}(args)` and awaits the promise it returns.
+async fn navigator_call(object: &str, method: &str, args: &[JsValue]) -> Option<JsValue> {
+    let promise: Promise = navigator_call_sync(object, method, args)?.dyn_into().ok()?;
+    JsFuture::from(promise).await.ok()
+}
+
+/// `navigator.storage.estimate()`: (usage, quota) in bytes.
+pub async fn estimate() -> Option<(u64, u64)> {
+    let estimate = navigator_call("storage", "estimate", &[]).await?;
+    let field = |name: &str| Reflect::get(&estimate, &name.into()).ok().and_then(|v| v.as_f64()).map(|v| v as u64);
+    Some((field("usage")?, field("quota")?))
+}
+
+/// Asks the browser to keep our storage under pressure (`navigator.storage.persist()`);
+/// whether it agreed.
+pub async fn persist() -> bool {
+    navigator_call("storage", "persist", &[]).await.and_then(|v| v.as_bool()).unwrap_or(false)
+}
+
+impl IdbStore {
+    /// Opens (creating on first use) the database `name`.
+    pub async fn open(name: &str) -> Result<Self, StoreError> {
+        let factory: IdbFactory = Reflect::get(&js_sys::global(), &"indexedDB".into())
+            .ok()
+            .and_then(|f| f.dyn_into().ok())
+            .ok_or_else(|| StoreError::Other("IndexedDB is not available (private browsing?)".into()))?;
+        let request = factory.open_with_u32(name, 1).map_err(other)?;
+        let upgrade = request.clone();
+        let on_upgrade = Closure::once_into_js(move || {
+            let db: IdbDatabase = upgrade.result().unwrap().unchecked_into();
+            if !db.object_store_names().contains(RECORDS) {
+                let _ = db.create_object_store(RECORDS);
+            }
+        });
+        request.set_onupgradeneeded(Some(on_upgrade.unchecked_ref()));
+        let db: IdbDatabase = settle(&request).await.map_err(other)?.unchecked_into();
+        Ok(Self { db })
+    }
+
+    fn records(&self, mode: IdbTransactionMode) -> Result<(IdbTransaction, IdbObjectStore), StoreError> {
+        let transaction = self.db.transaction_with_str_and_mode(RECORDS, mode).map_err(other)?;
+        let store = transaction.object_store(RECORDS).map_err(other)?;
+        Ok((transaction, store))
+    }
+
+    async fn get_record(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let (_, store) = self.records(IdbTransactionMode::Readonly)?;
+        let value = settle(&store.get(&key.into()).map_err(other)?).await.map_err(other)?;
+        Ok(value.dyn_into::<Uint8Array>().ok().map(|a| a.to_vec()))
+    }
+
+    async fn put_records(&self, records: Vec<(String, Vec<u8>)>) -> Result<(), StoreError> {
+        let (transaction, store) = self.records(IdbTransactionMode::Readwrite)?;
+        for (key, bytes) in records {
+            store.put_with_key(&Uint8Array::from(bytes.as_slice()), &key.into()).map_err(classify)?;
+        }
+        committed(&transaction).await.map_err(classify)
+    }
+
+    async fn keys_with(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let (_, store) = self.records(IdbTransactionMode::Readonly)?;
+        let request = store.get_all_keys_with_key(&prefix_range(prefix)?).map_err(other)?;
+        let keys: Array = settle(&request).await.map_err(other)?.unchecked_into();
+        Ok(keys.iter().filter_map(|k| k.as_string()).collect())
+    }
+
+    async fn delete_with(&self, prefix: &str) -> Result<(), StoreError> {
+        let (transaction, store) = self.records(IdbTransactionMode::Readwrite)?;
+        store.delete(&prefix_range(prefix)?).map_err(other)?;
+        committed(&transaction).await.map_err(other)
+    }
+}
+
+impl Store for IdbStore {
+    fn get<'a>(&'a self, key: &'a str) -> LocalFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        Box::pin(self.get_record(key))
+    }
+
+    fn put(&self, records: Vec<(String, Vec<u8>)>) -> LocalFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.put_records(records))
+    }
+
+    fn keys<'a>(&'a self, prefix: &'a str) -> LocalFuture<'a, Result<Vec<String>, StoreError>> {
+        Box::pin(self.keys_with(prefix))
+    }
+
+    fn delete<'a>(&'a self, prefix: &'a str) -> LocalFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.delete_with(prefix))
+    }
+
+    fn available(&self) -> LocalFuture<'_, Option<u64>> {
+        Box::pin(async { estimate().await.map(|(usage, quota)| quota.saturating_sub(usage)) })
+    }
+
+    /// A Web Lock named `name`, held until the guard drops (no lock where the API is missing).
+    fn exclusive<'a>(&'a self, name: &'a str) -> LocalFuture<'a, Box<dyn std::any::Any>> {
+        Box::pin(async move { Box::new(WebLock::acquire(name).await) as Box<dyn std::any::Any> })
+    }
+}
+
+/// A held Web Lock: `navigator.locks.request` keeps it while the promise its callback returned
+/// is pending; dropping the guard resolves that promise.
+struct WebLock {
+    release: Option<js_sys::Function>,
+}
+
+impl WebLock {
+    async fn acquire(name: &str) -> Self {
+        let mut release = None;
+        let held = Promise::new(&mut |resolve, _| release = Some(resolve));
+        let (granted_tx, granted) = {
+            let mut grant = None;
+            let promise = Promise::new(&mut |resolve, _| grant = Some(resolve));
+            (grant.unwrap(), promise)
+        };
+        let callback = Closure::once_into_js(move |_lock: JsValue| {
+            let _ = granted_tx.call0(&JsValue::NULL);
+            held
+        });
+        if navigator_call_sync("locks", "request", &[name.into(), callback]).is_none() {
+            return Self { release: None };
+        }
+        let _ = JsFuture::from(granted).await;
+        Self { release }
+    }
+}
+
+/// Calls `navigator.{object}.{method}(args)` without awaiting the result.
+fn navigator_call_sync(object: &str, method: &str, args: &[JsValue]) -> Option<JsValue> {
+    let target = navigator_member(object)?;
+    let function: js_sys::Function = Reflect::get(&target, &method.into()).ok()?.dyn_into().ok()?;
+    function.apply(&target, &args.iter().collect()).ok()
+}
+
+impl Drop for WebLock {
+    fn drop(&mut self) {
+        if let Some(release) = self.release.take() {
+            let _ = release.call0(&JsValue::NULL);
+        }
+    }
+}

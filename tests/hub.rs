@@ -1,0 +1,226 @@
+//! The Hub download core natively, against the local stand-in: plan, selective chunked
+//! download, cache hits, resume, faults, ETag changes, damaged records, quota, streaming.
+#![cfg(not(target_arch = "wasm32"))]
+
+mod standin;
+
+use std::collections::BTreeMap;
+
+use imvar::hub::{HubModel, NativeFetch, Retry};
+use imvar::model_files::ModelSource;
+use imvar::weight_cache::{CacheError, CachedModel, DownloadOptions, HubCache, MemoryStore, Storage, Store};
+use standin::{REPO, StandIn, fixtures, weight_requests};
+
+fn options() -> DownloadOptions {
+    // Small chunks so the tiny model spans several requests; quick retries.
+    DownloadOptions { chunk_bytes: 256 << 10, parallel: 3, retry: Retry { attempts: 4, first_wait: std::time::Duration::from_millis(20) } }
+}
+
+fn cache<'a>(hub: &StandIn, revision: &str, fetch: &'a NativeFetch, store: Option<&'a dyn Store>) -> HubCache<'a> {
+    let model = HubModel::parse(&format!("{REPO}@{revision}"), &hub.url).unwrap();
+    HubCache { fetch, store, model, storage: Storage::AsStored, options: options() }
+}
+
+fn prepare<'a>(cache: &HubCache<'a>) -> Result<CachedModel<'a>, CacheError> {
+    pollster::block_on(cache.prepare(&|_| {}))
+}
+
+/// Every tensor the model hands out, by component and name.
+fn contents(model: &dyn ModelSource) -> BTreeMap<String, Vec<u8>> {
+    let mut all = BTreeMap::new();
+    for component in ["image_encoder", "unet", "vae"] {
+        let mut source = pollster::block_on(model.tensors(component)).unwrap();
+        for info in source.tensors() {
+            let raw = pollster::block_on(source.read(&info.name)).unwrap();
+            all.insert(format!("{component}/{}", info.name), raw.bytes);
+        }
+    }
+    all
+}
+
+/// The same tensors read straight from the fixture's fp16 files (what the plan picks).
+fn expected() -> BTreeMap<String, Vec<u8>> {
+    contents(&imvar::model_files::ModelDir::open(&fixtures().join("tiny-sd-image-variations"), Some("fp16")).unwrap())
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with("vae/encoder.") && !name.starts_with("vae/quant_conv."))
+        .collect()
+}
+
+fn served_bytes(log: &[serde_json::Value]) -> u64 {
+    weight_requests(log).iter().map(|e| e["bytes"].as_u64().unwrap()).sum()
+}
+
+#[test]
+fn downloads_what_the_pipeline_needs_once_then_serves_from_the_cache() {
+    let hub = StandIn::start(&[]);
+    let (fetch, store) = (NativeFetch::default(), MemoryStore::default());
+    let cache = cache(&hub, "refs/pr/1", &fetch, Some(&store));
+    let model = prepare(&cache).unwrap();
+    let expected = expected();
+    assert_eq!(contents(&model), expected);
+    let log = hub.log("refs/pr/1");
+    assert!(log.iter().all(|e| !e["path"].as_str().unwrap().starts_with("safety_checker")), "{log:?}");
+    assert!(log.iter().filter(|e| e["cdn"] == false && e["path"].as_str().unwrap().ends_with(".safetensors")).all(|e| e["status"] == 302));
+    // Only the needed tensors (plus headers) came over the wire: no VAE encoder.
+    let needed: u64 = expected.values().map(|v| v.len() as u64).sum();
+    let served = served_bytes(&log);
+    assert!(served >= needed && served < needed + 128 * 1024, "served {served}, needed {needed}");
+    assert!(weight_requests(&log).iter().all(|e| e["bytes"].as_u64().unwrap() <= 256 << 10 || e["range"].is_string()));
+
+    hub.reset();
+    let again = prepare(&cache).unwrap();
+    assert_eq!(contents(&again), expected);
+    let log = hub.log("refs/pr/1");
+    assert!(weight_requests(&log).is_empty(), "second load fetched weights: {log:?}");
+    assert_eq!(log.len(), 1, "only model_index.json is asked for: {log:?}");
+    drop(hub);
+    // Offline: the cache alone.
+    assert_eq!(contents(&prepare(&cache).unwrap()), expected);
+}
+
+#[test]
+fn an_interrupted_download_resumes_with_only_what_is_missing() {
+    let hub = StandIn::start(&[]);
+    let (fetch, store) = (NativeFetch::default(), MemoryStore::default());
+    let cache = cache(&hub, "resume", &fetch, Some(&store));
+    // The UNet's file fails for good after the header: the download stops partway.
+    // Answers longer than 200 kB (some chunks, not the headers) are cut, however often retried.
+    hub.fault(serde_json::json!({"revision": "resume", "path": "unet/", "kind": "cut", "after": 200_000, "times": 1000}));
+    let err = prepare(&cache).err().expect("the download fails");
+    assert!(err.to_string().contains("network error"), "{err}");
+    let first: Vec<String> = weight_requests(&hub.log("resume")).iter().filter(|e| e["cut"] == false && e["cdn"] == true).map(|e| e["range"].to_string()).collect();
+    hub.reset();
+    assert_eq!(contents(&prepare(&cache).unwrap()), expected());
+    let second = hub.log("resume");
+    let again: Vec<&serde_json::Value> = weight_requests(&second).into_iter().filter(|e| e["cdn"] == true && first.contains(&e["range"].to_string())).collect();
+    // Only the headers are read twice; every tensor chunk completed before is not.
+    assert!(again.iter().all(|e| e["bytes"].as_u64().unwrap() <= 8 || e["range"].as_str().unwrap().starts_with("bytes=8-")), "{again:?}");
+    assert!(weight_requests(&second).iter().any(|e| e["path"].as_str().unwrap().starts_with("unet/")));
+    let needed: u64 = expected().values().map(|v| v.len() as u64).sum();
+    assert!(served_bytes(&second) < needed, "resumed, not restarted");
+}
+
+#[test]
+fn ignored_ranges_5xx_cuts_and_slow_answers_are_survived() {
+    let hub = StandIn::start(&[]);
+    let (fetch, store) = (NativeFetch::default(), MemoryStore::default());
+    let cache = cache(&hub, "faults", &fetch, Some(&store));
+    for fault in [
+        serde_json::json!({"kind": "ignore_range", "path": "vae/", "times": 3}),
+        serde_json::json!({"kind": "error", "status": 503, "path": "unet/", "times": 2}),
+        serde_json::json!({"kind": "error", "status": 500, "path": "model_index.json", "times": 1}),
+        serde_json::json!({"kind": "cut", "after": 5000, "path": "unet/", "times": 2}),
+        serde_json::json!({"kind": "slow", "delay_ms": 300, "path": "image_encoder/", "times": 2}),
+    ] {
+        let mut fault = fault;
+        fault["revision"] = "faults".into();
+        hub.fault(fault);
+    }
+    assert_eq!(contents(&prepare(&cache).unwrap()), expected());
+    let log = hub.log("faults");
+    assert!(log.iter().any(|e| e["status"] == 503) && log.iter().any(|e| e["cut"] == true));
+    assert!(log.iter().any(|e| e["status"] == 200 && e["range"].is_string()), "a Range request answered whole");
+}
+
+#[test]
+fn a_changed_etag_refetches_that_file_only() {
+    let hub = StandIn::start(&[]);
+    let (fetch, store) = (NativeFetch::default(), MemoryStore::default());
+    let cache = cache(&hub, "etag", &fetch, Some(&store));
+    prepare(&cache).unwrap();
+    hub.reset();
+    hub.fault(serde_json::json!({"revision": "etag", "path": "vae/diffusion_pytorch_model.fp16", "kind": "etag", "salt": "v2"}));
+    assert_eq!(contents(&prepare(&cache).unwrap()), expected());
+    let log = hub.log("etag");
+    let big: Vec<&str> = weight_requests(&log).iter().filter(|e| e["bytes"].as_u64().unwrap() > 100_000).map(|e| e["path"].as_str().unwrap()).collect();
+    assert!(!big.is_empty() && big.iter().all(|p| p.starts_with("vae/")), "{big:?}");
+}
+
+#[test]
+fn a_damaged_record_is_fetched_again_on_read() {
+    let hub = StandIn::start(&[]);
+    let (fetch, store) = (NativeFetch::default(), MemoryStore::default());
+    let cache = cache(&hub, "damaged", &fetch, Some(&store));
+    prepare(&cache).unwrap();
+    let key = store.records.borrow().keys().find(|k| k.ends_with("\nconv_in.weight") && k.contains("unet/")).unwrap().clone();
+    store.records.borrow_mut().get_mut(&key).unwrap()[3] ^= 0x40;
+    hub.reset();
+    assert_eq!(contents(&prepare(&cache).unwrap()), expected());
+    let refetched: Vec<_> = weight_requests(&hub.log("damaged")).into_iter().filter(|e| e["cdn"] == true).cloned().collect();
+    assert_eq!(refetched.len(), 1, "{refetched:?}");
+    let truncated = store.records.borrow().get(&key).unwrap().len();
+    store.records.borrow_mut().get_mut(&key).unwrap().truncate(truncated / 2);
+    assert_eq!(contents(&prepare(&cache).unwrap()), expected());
+}
+
+#[test]
+fn too_little_storage_is_said_before_downloading() {
+    let hub = StandIn::start(&[]);
+    let fetch = NativeFetch::default();
+    let store = MemoryStore { estimate: Some(1 << 20), ..Default::default() };
+    let err = prepare(&cache(&hub, "estimate", &fetch, Some(&store))).err().expect("not enough room");
+    let needed: u64 = expected().values().map(|v| v.len() as u64).sum();
+    assert_eq!(err, CacheError::Quota { needed, available: 1 << 20, stored: 0 });
+    assert!(served_bytes(&hub.log("estimate")) < 128 * 1024, "only headers were fetched");
+}
+
+#[test]
+fn a_full_quota_stops_cleanly_keeps_what_is_stored_and_streaming_still_works() {
+    let hub = StandIn::start(&[]);
+    let fetch = NativeFetch::default();
+    // No estimate: the quota shows up on a write, as it can in a browser.
+    let mut store = MemoryStore { limit: Some(3 << 20), ..Default::default() };
+    let err = prepare(&cache(&hub, "quota", &fetch, Some(&store))).err().expect("quota");
+    assert!(matches!(err, CacheError::Quota { .. }), "{err}");
+    assert!(err.to_string().contains("more bytes are needed"), "{err}");
+    // Nothing half-written: every tensor record kept is whole.
+    let tensors = store.records.borrow().keys().filter(|k| k.starts_with("tensor")).count();
+    assert!(tensors > 0);
+    store.limit = None;
+    let streamed = cache(&hub, "quota", &fetch, None);
+    assert_eq!(contents(&prepare(&streamed).unwrap()), expected());
+    hub.reset();
+    let resumed = cache(&hub, "quota", &fetch, Some(&store));
+    assert_eq!(contents(&prepare(&resumed).unwrap()), expected());
+    let needed: u64 = expected().values().map(|v| v.len() as u64).sum();
+    assert!(served_bytes(&hub.log("quota")) < needed, "resumed, not restarted");
+}
+
+#[test]
+fn fp32_files_are_stored_as_fp16_for_an_f16_device() {
+    // A copy of the model without the fp16 variant files.
+    let dir = std::env::temp_dir().join(format!("imvar-fp32-only-{}", std::process::id()));
+    for entry in walk(&fixtures().join("tiny-sd-image-variations")) {
+        let rel = entry.strip_prefix(fixtures().join("tiny-sd-image-variations")).unwrap();
+        if !rel.to_str().unwrap().contains(".fp16.") {
+            std::fs::create_dir_all(dir.join(rel).parent().unwrap()).unwrap();
+            std::fs::copy(&entry, dir.join(rel)).unwrap();
+        }
+    }
+    let hub = StandIn::start(&[("imvar-tests/fp32", &dir)]);
+    let (fetch, store) = (NativeFetch::default(), MemoryStore::default());
+    let model = HubModel::parse("imvar-tests/fp32@main", &hub.url).unwrap();
+    let cache = HubCache { fetch: &fetch, store: Some(&store), model, storage: Storage::F16, options: options() };
+    let prepared = prepare(&cache).unwrap();
+    let mut vae = pollster::block_on(prepared.tensors("vae")).unwrap();
+    let info = vae.tensors().into_iter().find(|t| t.name == "decoder.conv_in.weight").unwrap();
+    assert_eq!(info.dtype, safetensors::Dtype::F16);
+    let ours = pollster::block_on(vae.read("decoder.conv_in.weight")).unwrap().bytes;
+    let file = std::fs::read(dir.join("vae/diffusion_pytorch_model.safetensors")).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&file).unwrap();
+    let f32s = tensors.tensor("decoder.conv_in.weight").unwrap();
+    let halves: Vec<u8> = f32s.data().chunks_exact(4).flat_map(|b| half::f16::from_f32(f32::from_le_bytes(b.try_into().unwrap())).to_le_bytes()).collect();
+    assert_eq!(ours, halves);
+    assert!(store.records.borrow().keys().all(|k| !k.contains(".fp16.")));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flat_map(|e| {
+            let path = e.unwrap().path();
+            if path.is_dir() { walk(&path) } else { vec![path] }
+        })
+        .collect()
+}
