@@ -45,8 +45,10 @@ const browser = await chromium.launch({
 });
 const context = await browser.newContext({ viewport: { width: 1280, height: 1000 } });
 const page = await context.newPage();
-page.on("console", (m) => { if (m.type() === "error") console.log(`  [page] ${m.text()}`); });
-page.on("pageerror", (e) => console.log(`  [page error] ${e.message}`));
+const seen = new Set();
+const once = (text) => { if (!seen.has(text)) { seen.add(text); console.log(text); } };
+page.on("console", (m) => { if (m.type() === "error") once(`  [page] ${m.text()}`); });
+page.on("pageerror", (e) => once(`  [page error] ${e.message}`));
 
 const revision = `e2e-${Date.now()}`;
 const url = `${app}/?endpoint=${encodeURIComponent(hub)}&model=imvar-tests/tiny&revision=${revision}`;
@@ -92,11 +94,11 @@ async function worstDifference(alt, goldenBase64) {
 }
 
 async function setSettings({ n, steps, seed }) {
-  await page.getByLabel("Image").setInputFiles(join(fixtures, "input.png"));
-  await page.getByLabel("Number of variations").fill(String(n));
-  await page.getByLabel("Steps").fill(String(steps));
-  await page.getByLabel("Seed").fill(String(seed));
-  await page.getByLabel("Scheduler").selectOption("pndm");
+  await page.getByLabel("Image", { exact: true }).setInputFiles(join(fixtures, "input.png"));
+  await page.getByLabel("Number of variations", { exact: true }).fill(String(n));
+  await page.getByLabel("Steps", { exact: true }).fill(String(steps));
+  await page.getByLabel("Seed", { exact: true }).fill(String(seed));
+  await page.getByLabel("Scheduler", { exact: true }).selectOption("pndm");
 }
 
 async function generateAndCompare(n, label) {
@@ -171,7 +173,7 @@ try {
   });
 
   await check("a_file_that_is_not_a_picture_is_reported_in_plain_words", async () => {
-    await page.getByLabel("Image").setInputFiles(join(fixtures, "README.md"));
+    await page.getByLabel("Image", { exact: true }).setInputFiles(join(fixtures, "README.md"));
     await page.getByRole("alert").getByText(/not a picture imvar can read/).waitFor({ timeout: 30_000 });
     await shot("6-error");
     await page.getByRole("button", { name: "Dismiss" }).click();
@@ -189,6 +191,40 @@ try {
     console.log(`  cancel clicked at step ${atClick}, stopped after step ${stopped}`);
     if (stopped > atClick + 1) throw new Error(`stopped after step ${stopped}, clicked at ${atClick}`);
     if (await page.getByAltText("Variation 1 of 1, seed 7").count() !== 0) throw new Error("a cancelled run left results");
+  });
+
+  await check("two_tabs_never_download_the_same_bytes_twice", async () => {
+    // Web Locks: the second tab waits for the first, then finds everything cached.
+    const twoTabs = `${revision}-tabs`;
+    const tabUrl = url.replace(`revision=${revision}`, `revision=${twoTabs}`);
+    const tabs = [await context.newPage(), await context.newPage()];
+    await Promise.all(tabs.map((tab) => tab.goto(tabUrl)));
+    await Promise.all(tabs.map((tab) => tab.getByRole("button", { name: "Download model" }).waitFor({ timeout: 120_000 })));
+    await Promise.all(tabs.map((tab) => tab.getByRole("button", { name: "Download model" }).click()));
+    await Promise.all(tabs.map((tab) => tab.getByText(/^Ready:/).waitFor({ timeout: 300_000 })));
+    const chunks = (await weightRequests(twoTabs)).filter((e) => e.cdn && e.range && !/^bytes=(0|8)-/.test(e.range));
+    const keys = chunks.map((e) => `${e.path} ${e.range}`);
+    const twice = keys.filter((k, i) => keys.indexOf(k) !== i);
+    console.log(`  two tabs: ${chunks.length} tensor-chunk requests, ${twice.length} repeated`);
+    if (chunks.length === 0 || twice.length) throw new Error(`fetched twice: ${twice.join(", ")}`);
+    await Promise.all(tabs.map((tab) => tab.close()));
+  });
+
+  await check("a_full_quota_is_explained_and_the_model_streams_without_caching", async () => {
+    const small = `${revision}-quota`;
+    const cdp = await context.newCDPSession(page);
+    await cdp.send("Storage.overrideQuotaForOrigin", { origin: app, quotaSize: 1_000_000 });
+    try {
+      await page.goto(url.replace(`revision=${revision}`, `revision=${small}`));
+      await page.getByRole("button", { name: "Download model" }).click();
+      await page.getByRole("alert").getByText(/no room to keep the model/).waitFor({ timeout: 120_000 });
+      await shot("7-quota");
+      await page.getByRole("button", { name: "Continue without caching" }).click();
+      await page.getByText(/^Ready: .*streamed without caching/).waitFor({ timeout: 300_000 });
+      await generateAndCompare(1, "streamed");
+    } finally {
+      await cdp.send("Storage.overrideQuotaForOrigin", { origin: app });
+    }
   });
 } catch {
   // Reported above; the remaining checks depend on the failed one.

@@ -152,6 +152,7 @@ pub struct LoadProgress {
 
 /// What loading put on the device.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct LoadReport {
     /// Sum of the weight tensors' sizes in the compute dtype.
     pub weight_bytes: u64,

@@ -190,6 +190,7 @@ pub enum Phase {
 
 /// A progress report: bytes of one component and of all, with speed and ETA for the phase.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CacheEvent {
     pub phase: Phase,
     pub component: String,
@@ -621,6 +622,7 @@ impl TensorSource for CachedTensors<'_, '_> {
 
 /// A model's cache entry, for listings.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CachedEntry {
     pub model: HubModel,
     pub storage: Storage,
@@ -704,30 +706,33 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::gpu_test;
 
-    #[test]
-    fn f16_conversion_is_bit_exact_with_half_on_edge_values() {
-        let mut values = vec![
-            0.0f32, -0.0, 1.0, -1.0, 65504.0, 65520.0, 65519.99, -65520.0, 1e-8, 5.96e-8, 2.98e-8, 2.99e-8,
-            6.1035156e-5, 6.1e-5, f32::MIN_POSITIVE, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 1.0009765625,
-            1.00048828125, 1.00146484375, 0.1, 3.14159, f32::MAX, f32::MIN,
-        ];
-        // Every f16 and the midpoints between neighbours (ties go to even).
-        for bits in 0..=u16::MAX {
-            let h = half::f16::from_bits(bits).to_f32();
-            let next = half::f16::from_bits(bits.wrapping_add(1)).to_f32();
-            values.extend([h, (h + next) / 2.0, f32::from_bits(h.to_bits() + 1)]);
+    // Also in the browser, where `half` has no hardware conversion to lean on.
+    gpu_test! {
+        async fn f16_conversion_is_bit_exact_with_half_on_edge_values() {
+            let mut values = vec![
+                0.0f32, -0.0, 1.0, -1.0, 65504.0, 65520.0, 65519.99, -65520.0, 1e-8, 5.96e-8, 2.98e-8, 2.99e-8,
+                6.1035156e-5, 6.1e-5, f32::MIN_POSITIVE, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 1.0009765625,
+                1.00048828125, 1.00146484375, 0.1, 3.14159, f32::MAX, f32::MIN,
+            ];
+            // Every f16 and the midpoints between neighbours (ties go to even).
+            for bits in 0..=u16::MAX {
+                let h = half::f16::from_bits(bits).to_f32();
+                let next = half::f16::from_bits(bits.wrapping_add(1)).to_f32();
+                values.extend([h, (h + next) / 2.0, f32::from_bits(h.to_bits() + 1)]);
+            }
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let ours = f32_to_f16_bytes(&bytes);
+            for (i, v) in values.iter().enumerate() {
+                let expected = half::f16::from_f32(*v).to_bits();
+                let got = u16::from_le_bytes([ours[2 * i], ours[2 * i + 1]]);
+                let both_nan = half::f16::from_bits(got).is_nan() && half::f16::from_bits(expected).is_nan();
+                assert!(got == expected || both_nan, "{v:e}: {got:#06x} != {expected:#06x}");
+            }
+            // Round to nearest even, checked by hand: 1 + 2^-11 lies halfway between 1 and 1 + 2^-10.
+            assert_eq!(half::f16::from_bits(u16::from_le_bytes(f32_to_f16_bytes(&1.00048828125f32.to_le_bytes())[..].try_into().unwrap())).to_f32(), 1.0);
         }
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let ours = f32_to_f16_bytes(&bytes);
-        for (i, v) in values.iter().enumerate() {
-            let expected = half::f16::from_f32(*v).to_bits();
-            let got = u16::from_le_bytes([ours[2 * i], ours[2 * i + 1]]);
-            let both_nan = half::f16::from_bits(got).is_nan() && half::f16::from_bits(expected).is_nan();
-            assert!(got == expected || both_nan, "{v:e}: {got:#06x} != {expected:#06x}");
-        }
-        // Round to nearest even, checked by hand: 1 + 2^-11 lies halfway between 1 and 1 + 2^-10.
-        assert_eq!(half::f16::from_bits(u16::from_le_bytes(f32_to_f16_bytes(&1.00048828125f32.to_le_bytes())[..].try_into().unwrap())).to_f32(), 1.0);
     }
 
     #[test]

@@ -14,9 +14,21 @@ if ("serviceWorker" in navigator && location.protocol !== "file:") {
   navigator.serviceWorker.register("sw.js").catch(() => { /* offline shell is a bonus */ });
 }
 
-const worker = new Worker(new URL("worker.js", import.meta.url), { type: "module" });
-worker.onmessage = ({ data }) => handlers[data.type](data);
-worker.postMessage({ type: "init", model });
+// The worker; replaced by a fresh one after a GPU failure or a crash (a trapped wasm instance
+// cannot be trusted), which reloads the model from the cache on the next run.
+let worker = null;
+function startWorker() {
+  worker?.terminate();
+  state.loaded = false;
+  worker = new Worker(new URL("worker.js", import.meta.url), { type: "module" });
+  worker.onmessage = ({ data }) => handlers[data.type](data);
+  worker.onerror = (event) => {
+    event.preventDefault();
+    handlers.error({ during: state.running ? "generate" : "load", id: state.running?.id, error: { name: "RuntimeError", message: event.message } });
+  };
+  worker.postMessage({ type: "init", model });
+}
+startWorker();
 if (model.model) {
   $("model-link").textContent = model.model;
   $("model-link").href = `${model.endpoint ?? "https://huggingface.co"}/${model.model}`;
@@ -41,11 +53,13 @@ function explain(error) {
   const m = error.message;
   switch (error.name) {
     case "NoWebGpu": return { text: m };
-    case "ImageError": return { text: `That file is not a picture imvar can read (JPEG, PNG, WebP, GIF or BMP): ${m}.` };
+    case "ImageError": return { text: `That file is not a picture imvar can read (JPEG, PNG, WebP, GIF or BMP): ${m}` };
     case "QuotaError": return { text: `The browser has no room to keep the model: ${m}`, action: "Continue without caching", run: () => startLoad("stream") };
     case "OfflineError": return { text: `You are offline and the model is not fully downloaded yet. Connect once to finish the download. (${m})` };
     case "NetworkError": return { text: `The model could not be downloaded: ${m}. Check your connection and try again; what was downloaded is kept.` };
     case "CancelledError": return null;
+    case "RuntimeError":
+      return { text: "The GPU stopped working for this run: it may have run out of memory (try fewer variations) or been reset. Click Generate to try again; the model reloads from the cache." };
     case "GpuError":
       if (/memory|allocat/i.test(m)) return { text: `Not enough GPU memory for this run. Try fewer variations or a smaller size. (${m})` };
       if (/lost|destroyed/i.test(m)) return { text: "The GPU device was lost (a driver reset or the machine sleeping). Click Generate to continue; the model reloads from the cache." };
@@ -74,10 +88,9 @@ async function choose(file) {
   try {
     await createImageBitmap(file);
   } catch {
-    state.image = null;
-    $("input-preview").hidden = true;
-    $("drop-hint").hidden = false;
-    showError({ name: "ImageError", message: `"${file.name || "the pasted file"}" could not be decoded` });
+    // The picture chosen before (if any) stays.
+    const kept = state.image ? ` The previous picture (${state.image.name}) is still selected.` : "";
+    showError({ name: "ImageError", message: `"${file.name || "the pasted file"}" could not be decoded.${kept}` });
     return;
   }
   state.image = file;
@@ -180,6 +193,7 @@ const handlers = {
   done({ id, results }) {
     if (id !== state.running?.id) return;
     addRun(state.running, results);
+    $("previews").replaceChildren();
     finishRun(`Done: ${results.length} variation${results.length > 1 ? "s" : ""}, seed ${state.running.seed}.`);
   },
   deleted() {
@@ -187,6 +201,11 @@ const handlers = {
     $("delete-model").hidden = true;
   },
   error({ error, during, id }) {
+    if (error.name === "RuntimeError" || (error.name === "GpuError" && during === "generate")) {
+      startWorker();
+      setModelStatus("The GPU failed; the model will be reloaded from the cache on the next run.");
+      $("model-status").className = "";
+    }
     if (during === "generate" && id === state.running?.id) {
       finishRun(error.name === "CancelledError" ? `Cancelled after step ${state.running.lastStep ?? 0}.` : "Stopped by an error.");
     }

@@ -6,7 +6,8 @@
 //   { type: "cancel" }               stops the running generation after its current step
 //   { type: "delete" }               deletes the cached model
 //   { type: "stream" }               loads without caching (after a quota error)
-// Messages out: capabilities, pending, progress, loaded, step, done, deleted, error.
+// Messages out: capabilities, pending, progress, loaded, step, done, deleted, error. After a GPU
+// failure the page replaces this worker with a fresh one.
 import init, { ImageVariations, capabilities, deleteCachedModel } from "./pkg/imvar.js";
 
 let model = {};
@@ -47,11 +48,6 @@ async function generate({ id, image, options }) {
     });
     const out = results.map((r) => ({ png: r.png.buffer, seed: r.seed, index: r.index }));
     post({ type: "done", id, results: out }, out.map((r) => r.png));
-  } catch (error) {
-    // A lost or failed device: drop the pipeline, so the next run opens a new one (the
-    // weights come back from the cache).
-    if (error?.name === "GpuError") pipe = null;
-    throw error;
   } finally {
     controller = null;
   }
