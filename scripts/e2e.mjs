@@ -217,7 +217,7 @@ try {
     try {
       await page.goto(url.replace(`revision=${revision}`, `revision=${small}`));
       await page.getByRole("button", { name: "Download model" }).click();
-      await page.getByRole("alert").getByText(/no room to keep the model/).waitFor({ timeout: 120_000 });
+      await page.getByRole("alert").getByText(/not enough storage to keep the model/).waitFor({ timeout: 120_000 });
       await shot("7-quota");
       await page.getByRole("button", { name: "Continue without caching" }).click();
       await page.getByText(/^Ready: .*streamed without caching/).waitFor({ timeout: 300_000 });

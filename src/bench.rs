@@ -104,3 +104,92 @@ pub fn run(pipeline: &ImageVariationPipeline, gpu: &Gpu, options: &BenchOptions)
     }
     Ok(lines)
 }
+
+/// `imvar bench-ops`: each hot operation at SD1's shapes (`small`: channels and sides / 8, for
+/// a quick run on a CPU adapter), ours beside burn's stock operation where we have our own,
+/// one JSON line per (op, shape). `scripts/bench_ops_torch.py` prints the same lines for
+/// PyTorch, so both can be compared from one run on the same GPU.
+pub fn ops(gpu: &Gpu, runs: usize, small: bool) -> Result<Vec<serde_json::Value>, PipelineError> {
+    use burn::tensor::module::{attention, conv2d, linear};
+    use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
+
+    use crate::kernels;
+
+    let caps = &gpu.capabilities;
+    let dtype = DType::from(caps.compute_dtype.burn());
+    let device = &gpu.device;
+    let div = if small { 8 } else { 1 };
+    let random = |shape: Vec<usize>| Tensor::<4>::random(
+        [shape[0], shape[1], shape[2], shape[3]], Distribution::Uniform(-1.0, 1.0), (device, dtype));
+    let mut lines = Vec::new();
+    let mut report = |op: &str, shape: String, ours: Option<f64>, stock: f64| {
+        let round = |ms: f64| (ms * 1000.0).round() / 1000.0;
+        let line = json!({
+            "op": op, "shape": shape, "dtype": caps.compute_dtype, "ours_ms": ours.map(round),
+            "burn_ms": round(stock), "runs": runs, "adapter": caps.adapter, "backend": caps.backend,
+        });
+        println!("{line}");
+        lines.push(line);
+    };
+
+    // 3x3 convolutions of the UNet (64..8 latents) and the VAE decoder (128..512 pixels), and
+    // the transformers' 1x1 projections.
+    let convs: [(usize, usize, usize, usize); 9] = [
+        (2, 320, 64, 3), (2, 640, 32, 3), (2, 1280, 16, 3), (2, 1280, 8, 3),
+        (1, 128, 512, 3), (1, 256, 256, 3), (1, 512, 128, 3), (2, 320, 64, 1), (2, 1280, 16, 1),
+    ];
+    for (batch, channels, side, k) in convs {
+        let (c, s) = ((channels / div).max(8), (side / div).max(4));
+        let x = random(vec![batch, c, s, s]);
+        let w = random(vec![c, c, k, k]).mul_scalar(0.05);
+        let b = Tensor::<1>::zeros([c], (device, dtype));
+        let pad = k / 2;
+        let ours = time_stage(runs, || {
+            drop(kernels::conv2d(x.clone(), w.clone(), Some(b.clone()), 1, pad));
+            sync(gpu)
+        })?;
+        let stock = time_stage(runs, || {
+            drop(conv2d(x.clone(), w.clone(), Some(b.clone()), ConvOptions::new([1, 1], [pad, pad], [1, 1], 1)));
+            sync(gpu)
+        })?;
+        report(&format!("conv2d_{k}x{k}"), format!("x[{batch},{c},{s},{s}] w[{c},{c}]"), Some(ours), stock);
+    }
+
+    for (batch, channels, side) in [(2, 320, 64), (1, 128, 512)] {
+        let (c, s) = ((channels / div).max(32), (side / div).max(4));
+        let x = random(vec![batch, c, s, s]);
+        let (gamma, beta) = (Tensor::<1>::ones([c], (device, dtype)), Tensor::<1>::zeros([c], (device, dtype)));
+        let ours = time_stage(runs, || {
+            drop(kernels::group_norm(x.clone(), gamma.clone(), beta.clone(), 32, 1e-5, true));
+            sync(gpu)
+        })?;
+        let stock = time_stage(runs, || {
+            drop(kernels::group_norm_stock(x.clone(), gamma.clone(), beta.clone(), 32, 1e-5, true));
+            sync(gpu)
+        })?;
+        report("group_norm_silu", format!("[{batch},{c},{s},{s}] groups 32"), Some(ours), stock);
+    }
+
+    // Linear layers and self-attention still use burn's operations: their stock time only.
+    for (rows, inputs, outputs) in [(8192, 320, 320), (8192, 320, 2560), (2048, 640, 640), (512, 1280, 1280)] {
+        let (r, i, o) = (rows / div, inputs / div, outputs / div);
+        let x = Tensor::<2>::random([r, i], Distribution::Uniform(-1.0, 1.0), (device, dtype));
+        let w = Tensor::<2>::random([i, o], Distribution::Uniform(-0.05, 0.05), (device, dtype));
+        let stock = time_stage(runs, || {
+            drop(linear(x.clone(), w.clone(), None));
+            sync(gpu)
+        })?;
+        report("linear", format!("[{r},{i}]x[{i},{o}]"), None, stock);
+    }
+    for (batch, heads, tokens, dim) in [(2, 8, 4096, 40), (2, 8, 1024, 80), (1, 1, 4096, 512)] {
+        let (t, d) = (tokens / div / div, (dim / div).max(8));
+        let qkv = || random(vec![batch, heads, t, d]);
+        let (q, k, v) = (qkv(), qkv(), qkv());
+        let stock = time_stage(runs, || {
+            drop(attention(q.clone(), k.clone(), v.clone(), None, None, AttentionModuleOptions::default()));
+            sync(gpu)
+        })?;
+        report("attention", format!("[{batch},{heads},{t},{d}]"), None, stock);
+    }
+    Ok(lines)
+}

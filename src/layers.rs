@@ -1,12 +1,11 @@
 //! The PyTorch layers the models are built from (`nn.Linear`, `nn.Conv2d`, `nn.GroupNorm`,
 //! `nn.LayerNorm`), loaded by checkpoint name. Norm statistics are computed in f32 whatever the
-//! compute dtype, as PyTorch's autocast does.
+//! compute dtype, as PyTorch's autocast does. Convolution and GroupNorm run on our own kernels.
 
-use burn::tensor::activation::silu;
-use burn::tensor::module::{conv2d, layer_norm, linear};
-use burn::tensor::ops::ConvOptions;
+use burn::tensor::module::{layer_norm, linear};
 use burn::tensor::{FloatDType, Tensor};
 
+use crate::kernels;
 use crate::weights::{LoadError, Weights};
 
 pub struct Linear {
@@ -67,8 +66,7 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let options = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
-        conv2d(x, self.weight.clone(), self.bias.clone(), options)
+        kernels::conv2d(x, self.weight.clone(), self.bias.clone(), self.stride, self.padding)
     }
 }
 
@@ -91,19 +89,12 @@ impl GroupNorm {
 
     /// `[B, C, H, W]` normalised per (batch, group) over channels-in-group × H × W.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let [b, c, h, w] = x.dims();
-        let dtype = x.dtype();
-        let grouped = x.cast(FloatDType::F32).reshape([b, self.groups, (c / self.groups) * h * w]);
-        let mean = grouped.clone().mean_dim(2);
-        let centered = grouped - mean;
-        let var = centered.clone().square().mean_dim(2);
-        let normed = (centered / var.add_scalar(self.eps).sqrt()).reshape([b, c, h, w]).cast(dtype);
-        normed * self.weight.clone().reshape([1, c, 1, 1]) + self.bias.clone().reshape([1, c, 1, 1])
+        kernels::group_norm(x, self.weight.clone(), self.bias.clone(), self.groups, self.eps, false)
     }
 
-    /// GroupNorm then SiLU, the resnets' usual pair.
+    /// GroupNorm then SiLU, the resnets' usual pair, in one launch.
     pub fn forward_silu(&self, x: Tensor<4>) -> Tensor<4> {
-        silu(self.forward(x))
+        kernels::group_norm(x, self.weight.clone(), self.bias.clone(), self.groups, self.eps, true)
     }
 }
 

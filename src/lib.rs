@@ -13,6 +13,7 @@ pub mod heap;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod hf_cache;
 pub mod hub;
+pub mod kernels;
 pub mod layers;
 pub mod model_files;
 pub mod pipeline;

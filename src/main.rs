@@ -90,6 +90,17 @@ mod cli {
             #[arg(long, value_parser = parse_size)]
             size: Option<(usize, usize)>,
         },
+        /// Times each hot operation at SD1's shapes, imvar's kernels beside burn's stock ones,
+        /// and prints one JSON line per operation (compare with scripts/bench_ops_torch.py).
+        BenchOps {
+            #[arg(long, default_value_t = 10)]
+            runs: usize,
+            #[arg(long, default_value = "auto")]
+            dtype: DTypeChoice,
+            /// Channels and sides divided by 8: a quick run for CPU adapters.
+            #[arg(long)]
+            small: bool,
+        },
         /// Prints the model's components, parameter counts, file dtypes and the adapter.
         Info {
             /// Model folder or Hub model id.
@@ -191,6 +202,11 @@ mod cli {
                     .map_err(|e| e.to_string())?;
                 let options = imvar::bench::BenchOptions { n, steps, runs: runs.max(1), size };
                 imvar::bench::run(&pipeline, &gpu, &options).map_err(|e| e.to_string())?;
+                Ok(())
+            }
+            Command::BenchOps { runs, dtype, small } => {
+                let gpu = open_gpu(dtype)?;
+                imvar::bench::ops(&gpu, runs.max(1), small).map_err(|e| e.to_string())?;
                 Ok(())
             }
             Command::Info { model, variant, dtype } => info(&model, variant.as_deref(), dtype),

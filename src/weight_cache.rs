@@ -47,15 +47,31 @@ pub enum CacheError {
     Hub(#[from] HubError),
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// `available`: what the storage estimate allowed; `None` when a write was refused anyway.
     #[error(
-        "not enough storage to cache the model: {needed} more bytes are needed, {available} are available \
-         ({stored} bytes already cached are kept); free some space or load without caching"
+        "not enough storage to keep the model in this browser: {} more are needed, {}; the {} \
+         already cached are kept. Free some space, or load without caching.",
+        human_bytes(*needed),
+        available.map_or("and the browser refused to store more".into(), |a| format!("{} are available", human_bytes(a))),
+        human_bytes(*stored)
     )]
-    Quota { needed: u64, available: u64, stored: u64 },
+    Quota { needed: u64, available: Option<u64>, stored: u64 },
     #[error(transparent)]
     Store(StoreError),
     #[error("offline, and {0} is not fully cached")]
     Offline(String),
+}
+
+/// Bytes for people: "4.3 MB", "2.4 GB" (decimal units, as browsers and disks count).
+pub fn human_bytes(bytes: u64) -> String {
+    let units = ["bytes", "kB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < units.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} bytes") } else { format!("{value:.1} {}", units[unit]) }
 }
 
 /// How weights are kept: fp16 for an f16 device (fp32 tensors rounded), else as the file has them.
@@ -452,7 +468,7 @@ impl<'a> HubCache<'a> {
         if let Some(available) = store.available().await
             && available < needed
         {
-            return Err(CacheError::Quota { needed, available, stored: manifest.stored_bytes() - needed });
+            return Err(CacheError::Quota { needed, available: Some(available), stored: manifest.stored_bytes() - needed });
         }
         let totals = missing.iter().map(|(i, t)| (manifest.files[*i].component.clone(), t.iter().map(|t| manifest.stored_len(t)).sum()));
         let tracker = RefCell::new(Tracker::new(Phase::Download, totals));
@@ -479,8 +495,7 @@ impl<'a> HubCache<'a> {
             Some(CacheError::Store(StoreError::Quota)) => {
                 let left = self.missing(store, manifest).await?;
                 let needed = left.iter().flat_map(|(_, t)| t).map(|t| manifest.stored_len(t)).sum();
-                let available = store.available().await.unwrap_or(0);
-                Err(CacheError::Quota { needed, available, stored: manifest.stored_bytes() - needed })
+                Err(CacheError::Quota { needed, available: None, stored: manifest.stored_bytes() - needed })
             }
             Some(e) => Err(e),
         }

@@ -160,7 +160,8 @@ fn too_little_storage_is_said_before_downloading() {
     let store = MemoryStore { estimate: Some(1 << 20), ..Default::default() };
     let err = prepare(&cache(&hub, "estimate", &fetch, Some(&store))).err().expect("not enough room");
     let needed: u64 = expected().values().map(|v| v.len() as u64).sum();
-    assert_eq!(err, CacheError::Quota { needed, available: 1 << 20, stored: 0 });
+    assert_eq!(err, CacheError::Quota { needed, available: Some(1 << 20), stored: 0 });
+    assert!(err.to_string().contains("1.0 MB are available"), "{err}");
     assert!(served_bytes(&hub.log("estimate")) < 128 * 1024, "only headers were fetched");
 }
 
@@ -172,7 +173,7 @@ fn a_full_quota_stops_cleanly_keeps_what_is_stored_and_streaming_still_works() {
     let mut store = MemoryStore { limit: Some(3 << 20), ..Default::default() };
     let err = prepare(&cache(&hub, "quota", &fetch, Some(&store))).err().expect("quota");
     assert!(matches!(err, CacheError::Quota { .. }), "{err}");
-    assert!(err.to_string().contains("more bytes are needed"), "{err}");
+    assert!(err.to_string().contains("more are needed, and the browser refused to store more"), "{err}");
     // Nothing half-written: every tensor record kept is whole.
     let tensors = store.records.borrow().keys().filter(|k| k.starts_with("tensor")).count();
     assert!(tensors > 0);
