@@ -54,7 +54,7 @@ def main():
             report(f"conv2d_{k}x{k}", f"x[{batch},{c},{s},{s}] w[{c},{c}]",
                    timed(args.runs, lambda: F.conv2d(x, w, b, padding=k // 2), sync))
         for batch, channels, side in [(2, 320, 64), (1, 128, 512)]:
-            c, s = max(channels // div, 32), max(side // div, 4)
+            c, s = max(channels // div // 32, 1) * 32, max(side // div, 4)
             x = rand(batch, c, s, s)
             gamma, beta = torch.ones(c, device=device, dtype=dtype), torch.zeros(c, device=device, dtype=dtype)
             report("group_norm_silu", f"[{batch},{c},{s},{s}] groups 32",

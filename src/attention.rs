@@ -2,9 +2,8 @@
 
 use burn::tensor::Tensor;
 use burn::tensor::activation::gelu;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 
+use crate::kernels;
 use crate::layers::{LayerNorm, Linear};
 use crate::weights::{LoadError, Weights};
 
@@ -77,16 +76,9 @@ impl Attention {
         self.to_out.forward(self.attend(q, k, v))
     }
 
-    /// Scaled dot-product attention, heads split out of the channels. The scale is left to
-    /// burn's default (1/sqrt(head_dim)) so its fused path can be taken.
+    /// Scaled dot-product attention (scale 1/sqrt(head_dim)), heads read from the channels.
     fn attend(&self, q: Tensor<3>, k: Tensor<3>, v: Tensor<3>) -> Tensor<3> {
-        let [b, l, c] = q.dims();
-        let split = |t: Tensor<3>| {
-            let [b, n, c] = t.dims();
-            t.reshape([b, n, self.heads, c / self.heads]).swap_dims(1, 2)
-        };
-        let out = attention(split(q), split(k), split(v), None, None, AttentionModuleOptions::default());
-        out.swap_dims(1, 2).reshape([b, l, c])
+        kernels::attention(q, k, v, self.heads)
     }
 }
 

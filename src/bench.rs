@@ -156,7 +156,7 @@ pub fn ops(gpu: &Gpu, runs: usize, small: bool) -> Result<Vec<serde_json::Value>
     }
 
     for (batch, channels, side) in [(2, 320, 64), (1, 128, 512)] {
-        let (c, s) = ((channels / div).max(32), (side / div).max(4));
+        let (c, s) = ((channels / div / 32).max(1) * 32, (side / div).max(4));
         let x = random(vec![batch, c, s, s]);
         let (gamma, beta) = (Tensor::<1>::ones([c], (device, dtype)), Tensor::<1>::zeros([c], (device, dtype)));
         let ours = time_stage(runs, || {
@@ -170,7 +170,25 @@ pub fn ops(gpu: &Gpu, runs: usize, small: bool) -> Result<Vec<serde_json::Value>
         report("group_norm_silu", format!("[{batch},{c},{s},{s}] groups 32"), Some(ours), stock);
     }
 
-    // Linear layers and self-attention still use burn's operations: their stock time only.
+    // Self-attention: ours on [B, L, C] with the heads in the channels, burn's on split heads.
+    for (batch, heads, tokens, dim) in [(2, 8, 4096, 40), (2, 8, 1024, 80), (1, 1, 4096, 512)] {
+        let (t, d) = (tokens / div / div, (dim / div).max(8));
+        let qkv = || Tensor::<3>::random([batch, t, heads * d], Distribution::Uniform(-1.0, 1.0), (device, dtype));
+        let (q, k, v) = (qkv(), qkv(), qkv());
+        let split = |x: Tensor<3>| x.reshape([batch, t, heads, d]).swap_dims(1, 2);
+        let ours = time_stage(runs, || {
+            drop(kernels::attention(q.clone(), k.clone(), v.clone(), heads));
+            sync(gpu)
+        })?;
+        let stock = time_stage(runs, || {
+            let out = attention(split(q.clone()), split(k.clone()), split(v.clone()), None, None, AttentionModuleOptions::default());
+            drop(out.swap_dims(1, 2).reshape([batch, t, heads * d]));
+            sync(gpu)
+        })?;
+        report("attention", format!("[{batch},{heads},{t},{d}]"), Some(ours), stock);
+    }
+
+    // Linear layers still use burn's matmul: its time only.
     for (rows, inputs, outputs) in [(8192, 320, 320), (8192, 320, 2560), (2048, 640, 640), (512, 1280, 1280)] {
         let (r, i, o) = (rows / div, inputs / div, outputs / div);
         let x = Tensor::<2>::random([r, i], Distribution::Uniform(-1.0, 1.0), (device, dtype));
@@ -180,16 +198,6 @@ pub fn ops(gpu: &Gpu, runs: usize, small: bool) -> Result<Vec<serde_json::Value>
             sync(gpu)
         })?;
         report("linear", format!("[{r},{i}]x[{i},{o}]"), None, stock);
-    }
-    for (batch, heads, tokens, dim) in [(2, 8, 4096, 40), (2, 8, 1024, 80), (1, 1, 4096, 512)] {
-        let (t, d) = (tokens / div / div, (dim / div).max(8));
-        let qkv = || random(vec![batch, heads, t, d]);
-        let (q, k, v) = (qkv(), qkv(), qkv());
-        let stock = time_stage(runs, || {
-            drop(attention(q.clone(), k.clone(), v.clone(), None, None, AttentionModuleOptions::default()));
-            sync(gpu)
-        })?;
-        report("attention", format!("[{batch},{heads},{t},{d}]"), None, stock);
     }
     Ok(lines)
 }

@@ -5,23 +5,26 @@
 // 16x16 threads accumulates a 4x4 block in f32 registers. `ELEM` is f32 or f16.
 ENABLE_F16
 
+// Every binding is read_write: cubecl's pool may place inputs and the output in one wgpu
+// buffer, and a buffer cannot be read-only and writable in the same dispatch.
 struct Params {
     batch: u32, channels: u32, height: u32, width: u32,
     out_channels: u32, out_height: u32, out_width: u32, kernel: u32,
     stride: u32, padding: u32, has_bias: u32, _pad: u32,
 }
 
-@group(0) @binding(0) var<storage, read> x: array<ELEM>;
-@group(0) @binding(1) var<storage, read> weight: array<ELEM>;
-@group(0) @binding(2) var<storage, read> bias: array<ELEM>;
+@group(0) @binding(0) var<storage, read_write> x: array<ELEM>;
+@group(0) @binding(1) var<storage, read_write> weight: array<ELEM>;
+@group(0) @binding(2) var<storage, read_write> bias: array<ELEM>;
 @group(0) @binding(3) var<storage, read_write> out: array<ELEM>;
-@group(0) @binding(4) var<storage, read> p: Params;
+@group(0) @binding(4) var<storage, read_write> p: Params;
 
 const TILE_M: u32 = 64u;
 const TILE_N: u32 = 64u;
 const TILE_K: u32 = 16u;
 
 var<workgroup> a_tile: array<f32, 1024>; // [TILE_K][TILE_M]
+var<workgroup> shared_depth: u32;
 var<workgroup> b_tile: array<f32, 1024>; // [TILE_K][TILE_N]
 
 @compute @workgroup_size(16, 16, 1)
@@ -30,7 +33,9 @@ fn main(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) g
     let m0 = group.y * TILE_M;
     let n0 = group.x * TILE_N;
     let window = p.kernel * p.kernel;
-    let depth = p.channels * window;
+    // Loaded through workgroup memory so the loop bound is uniform (its barriers need that).
+    if (tid == 0u) { shared_depth = p.channels * window; }
+    let depth = workgroupUniformLoad(&shared_depth);
     let pixels = p.out_height * p.out_width;
     let columns = p.batch * pixels;
 

@@ -3,16 +3,18 @@
 // affine transform and activation written back in `ELEM` (f32 or f16).
 ENABLE_F16
 
+// Every binding is read_write: cubecl's pool may place inputs and the output in one wgpu
+// buffer, and a buffer cannot be read-only and writable in the same dispatch.
 struct Params {
     channels: u32, spatial: u32, groups: u32, silu: u32,
     eps: f32, _pad0: u32, _pad1: u32, _pad2: u32,
 }
 
-@group(0) @binding(0) var<storage, read> x: array<ELEM>;
-@group(0) @binding(1) var<storage, read> gamma: array<ELEM>;
-@group(0) @binding(2) var<storage, read> beta: array<ELEM>;
+@group(0) @binding(0) var<storage, read_write> x: array<ELEM>;
+@group(0) @binding(1) var<storage, read_write> gamma: array<ELEM>;
+@group(0) @binding(2) var<storage, read_write> beta: array<ELEM>;
 @group(0) @binding(3) var<storage, read_write> out: array<ELEM>;
-@group(0) @binding(4) var<storage, read> p: Params;
+@group(0) @binding(4) var<storage, read_write> p: Params;
 
 var<workgroup> partial: array<f32, 256>;
 

@@ -6,6 +6,8 @@
 //! - `conv2d`: tiled implicit-GEMM convolution (bias fused), instead of burn's direct kernel
 //!   that has no shared-memory tiling and accumulates in the storage dtype.
 //! - `group_norm`: GroupNorm (+ SiLU) in one launch instead of about ten.
+//! - `attention`: multi-head attention with an online softmax (no score matrix), reading the
+//!   heads straight out of the projections' channels.
 
 use burn::backend::Cube;
 use burn::tensor::{DType, Tensor};
@@ -16,25 +18,38 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 
+const CONV2D: &str = include_str!("conv2d.wgsl");
+const GROUP_NORM: &str = include_str!("group_norm.wgsl");
+const ATTENTION: &str = include_str!("attention.wgsl");
+
 /// A WGSL compute shader with `ELEM` standing for the storage type (and `ENABLE_F16` for the
-/// `enable f16;` directive it then needs).
+/// `enable f16;` directive it then needs), and named constants fixed per compiled variant.
 struct WgslKernel {
     name: &'static str,
     template: &'static str,
     f16: bool,
     workgroup: Dim3,
+    constants: Vec<(&'static str, u32)>,
 }
 
 impl WgslKernel {
+    fn new(name: &'static str, template: &'static str, f16: bool, workgroup: Dim3) -> Self {
+        Self { name, template, f16, workgroup, constants: Vec::new() }
+    }
+
     fn source(&self) -> String {
         let (enable, elem) = if self.f16 { ("enable f16;", "f16") } else { ("", "f32") };
-        self.template.replace("ENABLE_F16", enable).replace("ELEM", elem)
+        let mut source = self.template.replace("ENABLE_F16", enable).replace("ELEM", elem);
+        for (name, value) in &self.constants {
+            source = source.replace(name, &value.to_string());
+        }
+        source
     }
 }
 
 impl KernelMetadata for WgslKernel {
     fn id(&self) -> KernelId {
-        KernelId::new::<Self>().info((self.name, self.f16))
+        KernelId::new::<Self>().info((self.name, self.f16, self.constants.clone()))
     }
 
     fn address_type(&self) -> ElemType {
@@ -93,7 +108,7 @@ pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, stride: 
         .map(|v| v as u32);
     let p = params(&client, &[&words[..], &[has_bias, 0]].concat());
     let columns = (batch * out_height * out_width) as u32;
-    let kernel = WgslKernel { name: "conv2d", template: include_str!("conv2d.wgsl"), f16, workgroup: Dim3::new_2d(16, 16) };
+    let kernel = WgslKernel::new("conv2d", CONV2D, f16, Dim3::new_2d(16, 16));
     let arguments = KernelArguments::new()
         .with_buffer(x.handle.clone().binding())
         .with_buffer(weight.handle.clone().binding())
@@ -114,7 +129,7 @@ pub fn group_norm(x: Tensor<4>, gamma: Tensor<1>, beta: Tensor<1>, groups: usize
     let f16 = is_f16(&x);
     let out = empty_device_contiguous_dtype(client.clone(), x.device.clone(), x.meta.shape().clone(), x.dtype);
     let p = params(&client, &[channels as u32, (height * width) as u32, groups as u32, silu as u32, (eps as f32).to_bits(), 0, 0, 0]);
-    let kernel = WgslKernel { name: "group_norm", template: include_str!("group_norm.wgsl"), f16, workgroup: Dim3::new_1d(256) };
+    let kernel = WgslKernel::new("group_norm", GROUP_NORM, f16, Dim3::new_1d(256));
     let arguments = KernelArguments::new()
         .with_buffer(x.handle.clone().binding())
         .with_buffer(gamma.handle.clone().binding())
@@ -122,6 +137,43 @@ pub fn group_norm(x: Tensor<4>, gamma: Tensor<1>, beta: Tensor<1>, groups: usize
         .with_buffer(out.handle.clone().binding())
         .with_buffer(p.binding());
     client.launch(Box::new(kernel), CubeCount::Static((batch * groups) as u32, 1, 1), arguments);
+    Tensor::from_primitive::<Cube>(out)
+}
+
+/// Multi-head attention `softmax(q kᵀ / sqrt(d)) v` on `q` `[B, L, C]` and `k`, `v` `[B, S, C]`
+/// with `heads` heads interleaved in the channels; `[B, L, C]` out. No score matrix is stored.
+pub fn attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -> Tensor<3> {
+    let [batch, queries, channels] = q.dims();
+    let keys = k.dims()[1];
+    assert!(channels % heads == 0 && k.dims() == v.dims() && k.dims()[2] == channels, "attention: q {:?}, k {:?}, v {:?}", q.dims(), k.dims(), v.dims());
+    let head_dim = channels / heads;
+    // Up to 256 dims a thread holds its query and whole output row; wider heads (the VAE's 512)
+    // reread the query and split the output into chunks of at most 128 dims.
+    let in_registers = head_dim <= 256;
+    let chunk = if in_registers { head_dim } else { (1..=128).rev().find(|c| head_dim % c == 0).unwrap() };
+    // Key tiles and value-chunk tiles in f32 fit 12 KiB of workgroup memory (of WebGPU's 16).
+    let tile = (3072 / (head_dim + chunk)).clamp(1, 64);
+    let (q, k, v) = (cube(q), cube(k), cube(v));
+    let client = q.client.clone();
+    let f16 = is_f16(&q);
+    let out = empty_device_contiguous_dtype(client.clone(), q.device.clone(), q.meta.shape().clone(), q.dtype);
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let p = params(&client, &[batch as u32, heads as u32, queries as u32, keys as u32, channels as u32, scale.to_bits(), 0, 0]);
+    let mut kernel = WgslKernel::new("attention", ATTENTION, f16, Dim3::new_1d(64));
+    kernel.constants = vec![
+        ("HEAD_DIM", head_dim as u32),
+        ("CHUNK_DIM", chunk as u32),
+        ("TILE_KEYS", tile as u32),
+        ("QUERY_IN_REGISTERS", in_registers as u32),
+    ];
+    let arguments = KernelArguments::new()
+        .with_buffer(q.handle.clone().binding())
+        .with_buffer(k.handle.clone().binding())
+        .with_buffer(v.handle.clone().binding())
+        .with_buffer(out.handle.clone().binding())
+        .with_buffer(p.binding());
+    let count = CubeCount::Static((queries as u32).div_ceil(64), (batch * heads) as u32, (head_dim / chunk) as u32);
+    client.launch(Box::new(kernel), count, arguments);
     Tensor::from_primitive::<Cube>(out)
 }
 
@@ -217,11 +269,80 @@ mod tests {
         }
     }
 
+    /// naga's parser and validator (what wgpu runs natively) accept every shader in both
+    /// storage types, with readable messages when they do not.
+    #[cfg(not(target_arch = "wasm32"))]
+    #[test]
+    fn shaders_are_valid_wgsl() {
+        use burn::tensor::wgpu::wgpu::naga;
+        for (name, template) in [("conv2d", super::CONV2D), ("group_norm", super::GROUP_NORM), ("attention", super::ATTENTION)] {
+            for f16 in [false, true] {
+                let mut kernel = super::WgslKernel::new(name, template, f16, super::Dim3::new_single());
+                kernel.constants = vec![("HEAD_DIM", 512), ("CHUNK_DIM", 128), ("TILE_KEYS", 4), ("QUERY_IN_REGISTERS", 0)];
+                let source = kernel.source();
+                let module = naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&source)));
+                let mut validator = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all());
+                if let Err(e) = validator.validate(&module) {
+                    panic!("{name} (f16 {f16}): {}", e.emit_to_string(&source));
+                }
+            }
+        }
+    }
+
+    /// Softmax attention on the CPU, heads interleaved in the channels.
+    fn attention_reference(q: &[f32], k: &[f32], v: &[f32], [b, l, s, c]: [usize; 4], heads: usize) -> Vec<f32> {
+        let d = c / heads;
+        let mut out = vec![0.0; b * l * c];
+        for (bi, h, i) in (0..b).flat_map(|bi| (0..heads).flat_map(move |h| (0..l).map(move |i| (bi, h, i)))) {
+            let row = |t: &[f32], n: usize, j: usize| (0..d).map(|e| t[(bi * n + j) * c + h * d + e]).collect::<Vec<f32>>();
+            let query = row(q, l, i);
+            let scores: Vec<f32> = (0..s).map(|j| row(k, s, j).iter().zip(&query).map(|(a, b)| a * b).sum::<f32>() / (d as f32).sqrt()).collect();
+            let max = scores.iter().fold(f32::MIN, |m, v| m.max(*v));
+            let weights: Vec<f32> = scores.iter().map(|v| (v - max).exp()).collect();
+            let total: f32 = weights.iter().sum();
+            for j in 0..s {
+                for (e, value) in row(v, s, j).iter().enumerate() {
+                    out[(bi * l + i) * c + h * d + e] += weights[j] / total * value;
+                }
+            }
+        }
+        out
+    }
+
+    /// Query counts across the 64-row workgroups, keys across tiles (and not a multiple of
+    /// them), cross-attention lengths, head sizes from CLIP's tiny 8 to the VAE's single 512.
+    async fn check_attention(gpu: &Gpu, tolerance: f32) {
+        for (i, ([b, l, s, c], heads)) in [([2, 37, 37, 24], 3), ([1, 130, 130, 80], 2), ([2, 20, 5, 64], 4), ([1, 70, 70, 512], 1), ([1, 9, 9, 480], 1)]
+            .into_iter()
+            .enumerate()
+        {
+            let seed = 200 + 10 * i as u32;
+            let (q, k, v) = (values(b * l * c, seed), values(b * s * c, seed + 1), values(b * s * c, seed + 2));
+            let scaled: Vec<f32> = q.iter().map(|x| 4.0 * x).collect();
+            let expected = attention_reference(&scaled, &k, &v, [b, l, s, c], heads);
+            let ours = super::attention(upload(gpu, &scaled, [b, l, c]), upload(gpu, &k, [b, s, c]), upload(gpu, &v, [b, s, c]), heads);
+            assert_close(&read(ours).await, &expected, tolerance, tolerance);
+            if gpu.capabilities.compute_dtype == ComputeDType::F32 {
+                let split = |t: Tensor<3>| {
+                    let [b, n, c] = t.dims();
+                    t.reshape([b, n, heads, c / heads]).swap_dims(1, 2)
+                };
+                let stock = burn::tensor::module::attention(
+                    split(upload(gpu, &scaled, [b, l, c])), split(upload(gpu, &k, [b, s, c])), split(upload(gpu, &v, [b, s, c])),
+                    None, None, burn::tensor::ops::AttentionModuleOptions::default(),
+                );
+                let stock = stock.swap_dims(1, 2).reshape([b, l, c]);
+                assert_close(&read(stock).await, &expected, tolerance, tolerance);
+            }
+        }
+    }
+
     gpu_test! {
         async fn f32_kernels_match_the_cpu_and_burns_stock_ops() {
             let gpu = shared_gpu(DTypeChoice::Exactly(ComputeDType::F32)).await;
             check_conv2d(&gpu, 1e-4).await;
             check_group_norm(&gpu, 1e-4).await;
+            check_attention(&gpu, 1e-4).await;
         }
     }
 
@@ -235,6 +356,7 @@ mod tests {
             let gpu = shared_gpu(DTypeChoice::Exactly(ComputeDType::F16)).await;
             check_conv2d(&gpu, 3e-2).await;
             check_group_norm(&gpu, 3e-2).await;
+            check_attention(&gpu, 3e-2).await;
         }
     }
 }

@@ -1,0 +1,51 @@
+#!/usr/bin/env python3
+"""Joins the JSON lines of one GPU benchmark run (scripts/gpu_bench) into the Markdown tables
+of docs/performance.md: per operation imvar's kernel, burn's stock op and PyTorch, and per
+pipeline stage imvar against PyTorch, with ratios.
+
+    python3 scripts/compare_bench.py DIR
+"""
+
+import json
+import sys
+from pathlib import Path
+
+
+def lines(path):
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+def ratio(a, b):
+    return f"{a / b:.1f}x" if a and b else "—"
+
+
+def ms(value):
+    return "—" if value is None else f"{value:.3f}"
+
+
+def main():
+    root = Path(sys.argv[1])
+    print("| op | shape | dtype | imvar ms | burn stock ms | PyTorch ms | imvar / PyTorch | burn / imvar |")
+    print("|---|---|---|---|---|---|---|---|")
+    for dtype in ["f16", "f32"]:
+        torch = {(l["op"], l["shape"]): l["torch_ms"] for l in lines(root / f"ops-torch-{dtype}.jsonl")}
+        for l in lines(root / f"ops-imvar-{dtype}.jsonl"):
+            ours, stock, reference = l["ours_ms"], l["burn_ms"], torch.get((l["op"], l["shape"]))
+            best = ours if ours is not None else stock
+            print(f"| {l['op']} | {l['shape']} | {dtype} | {ms(ours)} | {ms(stock)} | {ms(reference)} | "
+                  f"{ratio(best, reference)} | {ratio(stock, ours)} |")
+    print()
+    print("| stage | dtype | imvar ms | PyTorch ms | imvar / PyTorch |")
+    print("|---|---|---|---|---|")
+    for dtype in ["f16", "f32"]:
+        torch = {l["stage"]: l["median_ms"] for l in lines(root / f"pipeline-torch-{dtype}.jsonl")}
+        for l in lines(root / f"pipeline-imvar-{dtype}.jsonl"):
+            if "median_ms" in l:
+                print(f"| {l['stage']} (batch {l['batch']}) | {dtype} | {ms(l['median_ms'])} | "
+                      f"{ms(torch.get(l['stage']))} | {ratio(l['median_ms'], torch.get(l['stage']))} |")
+
+
+if __name__ == "__main__":
+    main()
