@@ -8,24 +8,11 @@ synchronised around each run. Needs only torch (CUDA when there is a GPU).
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
-
-def timed(runs, fn, sync):
-    fn()
-    sync()
-    times = []
-    for _ in range(runs):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+from torch_timing import device_and_sync, timed
 
 
 def main():
@@ -34,9 +21,8 @@ def main():
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--small", action="store_true", help="channels and sides / 8 (as imvar's --small)")
     args = parser.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device, sync = device_and_sync()
     dtype = torch.float16 if args.dtype == "f16" else torch.float32
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     div = 8 if args.small else 1
     gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu"
 

@@ -10,11 +10,11 @@ when it is installed (otherwise the generation is timed without it and says so).
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
+
+from torch_timing import device_and_sync, timed
 
 
 def main():
@@ -28,9 +28,8 @@ def main():
 
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device, sync = device_and_sync()
     dtype = torch.float16 if args.dtype == "f16" else torch.float32
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     root = Path(args.model)
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root / "unet")).to(device, dtype).eval()
@@ -46,18 +45,6 @@ def main():
     scale = 2 ** (len(vae.config.block_out_channels) - 1)
     gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu"
 
-    def timed(runs, fn):
-        fn()
-        sync()
-        times = []
-        for _ in range(runs):
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            times.append((time.perf_counter() - start) * 1e3)
-        return statistics.median(times)
-
     def report(stage, batch, ms, **extra):
         print(json.dumps({"stage": stage, "median_ms": round(ms, 3), "batch": batch, "runs": args.runs,
                           "width": side * scale, "height": side * scale, "steps": args.steps, "dtype": args.dtype,
@@ -67,9 +54,9 @@ def main():
         batch = 2 * args.n
         sample = torch.randn(batch, unet.config.in_channels, side, side, device=device, dtype=dtype)
         context = torch.randn(batch, 1, unet.config.cross_attention_dim, device=device, dtype=dtype)
-        report("unet_call", batch, timed(args.runs, lambda: unet(sample, 500, encoder_hidden_states=context)))
+        report("unet_call", batch, timed(args.runs, lambda: unet(sample, 500, encoder_hidden_states=context), sync))
         latents = torch.randn(args.n, unet.config.in_channels, side, side, device=device, dtype=dtype)
-        report("vae_decode", args.n, timed(args.runs, lambda: vae.decode(latents / 0.18215)))
+        report("vae_decode", args.n, timed(args.runs, lambda: vae.decode(latents / 0.18215), sync))
 
         pixels = torch.randn(1, 3, 224, 224, device=device, dtype=dtype)
 
@@ -87,7 +74,7 @@ def main():
                 x = scheduler.step(uncond + 3.0 * (cond_eps - uncond), t, x).prev_sample
             return vae.decode(x / 0.18215).sample
 
-        report("generation", args.n, timed(min(args.runs, 3), generation), clip=clip is not None)
+        report("generation", args.n, timed(min(args.runs, 3), generation, sync), clip=clip is not None)
 
 
 if __name__ == "__main__":

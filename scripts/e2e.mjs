@@ -216,7 +216,7 @@ try {
     await cdp.send("Storage.overrideQuotaForOrigin", { origin: app, quotaSize: 1_000_000 });
     try {
       await page.goto(url.replace(`revision=${revision}`, `revision=${small}`));
-      await page.getByRole("button", { name: "Download model" }).click();
+      await page.getByRole("button", { name: "Download model" }).click({ timeout: 120_000 });
       await page.getByRole("alert").getByText(/not enough storage to keep the model/).waitFor({ timeout: 120_000 });
       await shot("7-quota");
       await page.getByRole("button", { name: "Continue without caching" }).click();

@@ -170,7 +170,10 @@ mod cli {
                 let picture = preprocess::decode(&bytes).map_err(|e| format!("{}: {e}", image.display()))?;
                 let gpu = open_gpu(dtype)?;
                 let source = model_dir(&model, variant.as_deref())?;
-                let pipeline = pollster::block_on(ImageVariationPipeline::load(&source, &gpu)).map_err(|e| e.to_string())?;
+                let (pipeline, loaded) = pollster::block_on(ImageVariationPipeline::load_with(&source, &gpu, WeightsFrom::Files, &mut |_| {}))
+                    .map_err(|e| e.to_string())?;
+                let pools = loaded.device_bytes_allocated.map_or(String::new(), |b| format!(", device pools grew {b} bytes"));
+                eprintln!("weights: {} bytes on the GPU{pools}", loaded.weight_bytes);
                 // Below 2^32: torch's generator only uses a seed's low 32 bits.
                 let seed = seed.unwrap_or_else(|| std::collections::hash_map::RandomState::new().build_hasher().finish() >> 32);
                 println!("seed {seed}");

@@ -20,7 +20,7 @@ use crate::weights::{LoadError, LocalFuture, RawTensor, SafetensorsIndex, Tensor
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum StoreError {
-    #[error("the browser's storage quota is full")]
+    #[error("this site's storage quota in the browser is full")]
     Quota,
     #[error("storage error: {0}")]
     Other(String),
@@ -395,7 +395,11 @@ impl<'a> HubCache<'a> {
             }
             let mut records: Vec<_> = texts.into_iter().map(|(p, t)| (text_key(&id, &p), seal(t.into_bytes()))).collect();
             records.push((manifest_key(&id), seal(serde_json::to_vec(&manifest).unwrap())));
-            store.put(records).await.map_err(CacheError::Store)?;
+            match store.put(records).await {
+                // No room even for the plan: the download that follows says how much is needed.
+                Ok(()) | Err(StoreError::Quota) => {}
+                Err(e) => return Err(CacheError::Store(e)),
+            }
         }
         Ok(manifest)
     }

@@ -81,6 +81,12 @@ fn is_f16(tensor: &CubeTensor) -> bool {
     }
 }
 
+/// Launches `kernel` over `count` workgroups with `buffers` bound in order (group 0).
+fn launch(client: &Client, kernel: WgslKernel, count: CubeCount, buffers: [burn_cubecl::cubecl::server::Handle; 5]) {
+    let arguments = buffers.into_iter().fold(KernelArguments::new(), |a, handle| a.with_buffer(handle.binding()));
+    client.launch(Box::new(kernel), count, arguments);
+}
+
 /// A storage buffer holding 32-bit parameters (a struct of u32/f32 fields in the shader).
 fn params(client: &Client, words: &[u32]) -> burn_cubecl::cubecl::server::Handle {
     client.create_from_slice(&words.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>())
@@ -109,13 +115,8 @@ pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, stride: 
     let p = params(&client, &[&words[..], &[has_bias, 0]].concat());
     let columns = (batch * out_height * out_width) as u32;
     let kernel = WgslKernel::new("conv2d", CONV2D, f16, Dim3::new_2d(16, 16));
-    let arguments = KernelArguments::new()
-        .with_buffer(x.handle.clone().binding())
-        .with_buffer(weight.handle.clone().binding())
-        .with_buffer(bias_handle.binding())
-        .with_buffer(out.handle.clone().binding())
-        .with_buffer(p.binding());
-    client.launch(Box::new(kernel), CubeCount::Static(columns.div_ceil(64), (out_channels as u32).div_ceil(64), 1), arguments);
+    let count = CubeCount::Static(columns.div_ceil(64), (out_channels as u32).div_ceil(64), 1);
+    launch(&client, kernel, count, [x.handle, weight.handle, bias_handle, out.handle.clone(), p]);
     Tensor::from_primitive::<Cube>(out)
 }
 
@@ -130,13 +131,8 @@ pub fn group_norm(x: Tensor<4>, gamma: Tensor<1>, beta: Tensor<1>, groups: usize
     let out = empty_device_contiguous_dtype(client.clone(), x.device.clone(), x.meta.shape().clone(), x.dtype);
     let p = params(&client, &[channels as u32, (height * width) as u32, groups as u32, silu as u32, (eps as f32).to_bits(), 0, 0, 0]);
     let kernel = WgslKernel::new("group_norm", GROUP_NORM, f16, Dim3::new_1d(256));
-    let arguments = KernelArguments::new()
-        .with_buffer(x.handle.clone().binding())
-        .with_buffer(gamma.handle.clone().binding())
-        .with_buffer(beta.handle.clone().binding())
-        .with_buffer(out.handle.clone().binding())
-        .with_buffer(p.binding());
-    client.launch(Box::new(kernel), CubeCount::Static((batch * groups) as u32, 1, 1), arguments);
+    let count = CubeCount::Static((batch * groups) as u32, 1, 1);
+    launch(&client, kernel, count, [x.handle, gamma.handle, beta.handle, out.handle.clone(), p]);
     Tensor::from_primitive::<Cube>(out)
 }
 
@@ -166,14 +162,8 @@ pub fn attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -> Tens
         ("TILE_KEYS", tile as u32),
         ("QUERY_IN_REGISTERS", in_registers as u32),
     ];
-    let arguments = KernelArguments::new()
-        .with_buffer(q.handle.clone().binding())
-        .with_buffer(k.handle.clone().binding())
-        .with_buffer(v.handle.clone().binding())
-        .with_buffer(out.handle.clone().binding())
-        .with_buffer(p.binding());
     let count = CubeCount::Static((queries as u32).div_ceil(64), (batch * heads) as u32, (head_dim / chunk) as u32);
-    client.launch(Box::new(kernel), count, arguments);
+    launch(&client, kernel, count, [q.handle, k.handle, v.handle, out.handle.clone(), p]);
     Tensor::from_primitive::<Cube>(out)
 }
 
