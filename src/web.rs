@@ -307,7 +307,7 @@ export interface LoadOptions {
 }
 
 export interface LoadProgress {
-  phase: "plan" | "download" | "load";
+  phase: "download" | "load";
   component: "image_encoder" | "unet" | "vae";
   done: number;
   total: number;

@@ -196,8 +196,6 @@ fn text_paths() -> Vec<String> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
-    /// Reading the repo's index, configs and weight headers.
-    Plan,
     /// Fetching tensors (and converting them) into the cache.
     Download,
     /// Moving tensors from the cache (or the network) to the GPU.

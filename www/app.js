@@ -54,7 +54,7 @@ function explain(error) {
   switch (error.name) {
     case "NoWebGpu": return { text: m };
     case "ImageError": return { text: `That file is not a picture imvar can read (JPEG, PNG, WebP, GIF or BMP): ${m}` };
-    case "QuotaError": return { text: `There is not enough room: ${m}`, action: "Continue without caching", run: () => startLoad("stream") };
+    case "QuotaError": return { text: m.charAt(0).toUpperCase() + m.slice(1), action: "Continue without caching", run: () => startLoad("stream") };
     case "OfflineError": return { text: `You are offline and the model is not fully downloaded yet. Connect once to finish the download. (${m})` };
     case "NetworkError": return { text: `The model could not be downloaded: ${m}. Check your connection and try again; what was downloaded is kept.` };
     case "CancelledError": return null;
@@ -162,7 +162,7 @@ const handlers = {
   },
   progress({ event }) {
     $("model-progress").hidden = false;
-    const phase = event.phase === "download" ? "Downloading" : event.phase === "load" ? "Loading onto the GPU" : "Reading";
+    const phase = event.phase === "download" ? "Downloading" : "Loading onto the GPU";
     const bar = $(`progress-${event.component}`);
     if (bar) { bar.max = Math.max(event.total, 1); bar.value = event.done; }
     $("progress-overall").max = Math.max(event.overallTotal, 1);
