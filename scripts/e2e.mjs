@@ -20,9 +20,9 @@ mkdirSync(out, { recursive: true });
 const fixtures = join(root, "tests/fixtures");
 const children = [];
 
-/** Starts a Python server and resolves with the URL it prints. */
-function serve(args, prefix) {
-  const child = spawn("python3", args, { cwd: root, stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, IMVAR_SERVE_QUIET: "1" } });
+/** Starts a Python server on `port` (0: any) and resolves with the URL it prints. */
+function serve(args, port, prefix) {
+  const child = spawn("python3", [...args, "--port", String(port)], { cwd: root, stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, IMVAR_SERVE_QUIET: "1" } });
   children.push(child);
   return new Promise((resolve, reject) => {
     createInterface({ input: child.stdout }).once("line", (line) => {
@@ -33,8 +33,20 @@ function serve(args, prefix) {
   });
 }
 
-const app = await serve(["scripts/serve.py", "--port", "0", "--mount", "/=www", "--mount", "/pkg=pkg"], "serving on");
-const hub = await serve(["scripts/hub_standin.py", "--port", "0", "--repo", `imvar-tests/tiny=${join(fixtures, "tiny-sd-image-variations")}`], "hub-standin");
+const APP = [["scripts/serve.py", "--mount", "/=www", "--mount", "/pkg=pkg"], "serving on"];
+const HUB = [["scripts/hub_standin.py", "--repo", `imvar-tests/tiny=${join(fixtures, "tiny-sd-image-variations")}`], "hub-standin"];
+const app = await serve(APP[0], 0, APP[1]);
+const hub = await serve(HUB[0], 0, HUB[1]);
+/** Stops both servers: the page must then live on its service worker and IndexedDB. */
+async function stopServers() {
+  await Promise.all(children.splice(0).map((c) => new Promise((r) => { c.once("exit", r); c.kill(); })));
+}
+/** Starts them again on the same ports. */
+async function startServers() {
+  const port = (u) => new URL(u).port;
+  await serve(APP[0], port(app), APP[1]);
+  await serve(HUB[0], port(hub), HUB[1]);
+}
 const hubPost = (path, body) => fetch(`${hub}${path}`, { method: "POST", body: body ? JSON.stringify(body) : "" });
 const weightRequests = async (revision) =>
   (await (await fetch(`${hub}/_log`)).json()).filter((e) => e.revision === revision && e.path.endsWith(".safetensors"));
@@ -161,6 +173,8 @@ try {
   });
 
   await check("offline_the_page_loads_and_generates", async () => {
+    // Both servers stopped (Playwright's offline switch does not reach service workers).
+    await stopServers();
     await context.setOffline(true);
     try {
       await page.reload();
@@ -169,6 +183,7 @@ try {
       await shot("5-offline");
     } finally {
       await context.setOffline(false);
+      await startServers();
     }
   });
 
@@ -222,7 +237,7 @@ try {
     try {
       await page.goto(url.replace(`revision=${revision}`, `revision=${small}`));
       await page.getByRole("button", { name: "Download model" }).click({ timeout: 120_000 });
-      await page.getByRole("alert").getByText(/not enough storage to keep the model/).waitFor({ timeout: 120_000 });
+      await page.getByRole("alert").getByText(/not enough storage to keep the model/i).waitFor({ timeout: 120_000 });
       await shot("7-quota");
       await page.getByRole("button", { name: "Continue without caching" }).click();
       await page.getByText(/^Ready: .*streamed without caching/).waitFor({ timeout: 300_000 });

@@ -7,8 +7,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::hub::{self, Fetch, HubError, HubModel, Retry};
-use crate::model_files::weights_file;
 use crate::pipeline::COMPONENTS;
+use crate::weight_cache;
 
 /// Bytes per Range request.
 const PIECE: u64 = 64 << 20;
@@ -54,23 +54,18 @@ pub type OnFile<'a> = &'a mut dyn FnMut(&str, u64, u64);
 pub async fn snapshot(fetch: &dyn Fetch, model: &HubModel, on_file: OnFile<'_>) -> Result<PathBuf, HfCacheError> {
     let repo = repo_dir(model);
     let retry = Retry::default();
-    let index = match hub::download(fetch, &model.url("model_index.json"), None, retry).await {
+    // Few retries for the first request: when it fails the network is down, and a snapshot will do.
+    let probe = Retry { attempts: 3, ..retry };
+    let index = match hub::download(fetch, &model.url("model_index.json"), None, probe).await {
         Ok(index) => index,
         Err(e) if e.is_offline() => return offline(&repo, model),
         Err(e) => return Err(e.into()),
     };
     let commit = index.commit.clone().unwrap_or_else(|| model.revision.replace('/', "--"));
     let snapshot = repo.join("snapshots").join(&commit);
-    let mut paths = vec!["model_index.json".to_string(), "scheduler/scheduler_config.json".to_string()];
+    let mut paths = weight_cache::text_paths();
     for (component, _) in COMPONENTS {
-        paths.push(format!("{component}/config.json"));
-        let variant = weights_file(component, Some("fp16"));
-        let found = snapshot.join(&variant).exists() || match hub::download(fetch, &model.url(&variant), Some(0..1), retry).await {
-            Ok(_) => true,
-            Err(HubError::NotFound { .. }) => false,
-            Err(e) => return Err(e.into()),
-        };
-        paths.push(if found { variant } else { weights_file(component, None) });
+        paths.push(weight_cache::weights_file_of(fetch, model, component, retry).await?.0);
     }
     for path in &paths {
         if !snapshot.join(path).exists() {

@@ -67,7 +67,8 @@ fn encode_segment(s: &str) -> String {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Headers {
     pub etag: Option<String>,
-    /// On the Hub's redirect for large files: the sha256 (visible natively, not behind CORS).
+    /// The Hub's sha256 of a large file, where the answer carries it (redirects are followed,
+    /// so it is only seen from servers that answer directly).
     pub linked_etag: Option<String>,
     pub content_range: Option<String>,
     pub repo_commit: Option<String>,
@@ -240,6 +241,9 @@ impl Default for NativeFetch {
             .http_status_as_error(false)
             .max_redirects(10)
             .timeout_connect(Some(std::time::Duration::from_secs(30)))
+            // A stalled transfer fails (and is retried) instead of hanging: 64 MiB pieces at
+            // under ~110 kB/s would need longer.
+            .timeout_global(Some(std::time::Duration::from_secs(600)))
             .build();
         Self { agent: config.into() }
     }

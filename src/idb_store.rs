@@ -1,6 +1,7 @@
 //! IndexedDB behind `weight_cache::Store`: one object store of key → bytes records. Each `put`
 //! is one readwrite transaction, so a chunk's records land whole or not at all. Storage
-//! estimates, persistence and Web Locks come from `navigator`.
+//! estimates and Web Locks come from `navigator` (persistence is asked for by the page: workers
+//! have no `storage.persist()`).
 
 use js_sys::{Array, Promise, Reflect, Uint8Array};
 use wasm_bindgen::closure::Closure;
@@ -28,35 +29,63 @@ fn classify(error: JsValue) -> StoreError {
     if name.as_deref() == Some("QuotaExceededError") { StoreError::Quota } else { other(error) }
 }
 
+/// Handlers for an IndexedDB event target that settle one promise. They hold only the promise's
+/// resolve/reject functions (never the request, whose result may be a whole tensor) and are
+/// dropped once it settles, so nothing outlives the await.
+struct Settled {
+    promise: Promise,
+    on_success: Closure<dyn FnMut()>,
+    on_failure: Closure<dyn FnMut()>,
+}
+
+impl Settled {
+    fn new() -> Self {
+        let (mut resolve, mut reject) = (None, None);
+        let promise = Promise::new(&mut |yes, no| {
+            resolve = Some(yes);
+            reject = Some(no);
+        });
+        let (resolve, reject) = (resolve.unwrap(), reject.unwrap());
+        Self {
+            promise,
+            on_success: Closure::new(move || drop(resolve.call0(&JsValue::NULL))),
+            on_failure: Closure::new(move || drop(reject.call0(&JsValue::NULL))),
+        }
+    }
+
+    /// Whether the target succeeded.
+    async fn wait(self) -> bool {
+        JsFuture::from(self.promise).await.is_ok()
+    }
+}
+
 /// Settles when `request` succeeds (with its result) or fails (with its error).
 async fn settle(request: &IdbRequest) -> Result<JsValue, JsValue> {
-    let promise = Promise::new(&mut |resolve, reject| {
-        let done = request.clone();
-        let on_success = Closure::once_into_js(move || resolve.call1(&JsValue::NULL, &done.result().unwrap_or(JsValue::UNDEFINED)));
-        let failed = request.clone();
-        let on_error = Closure::once_into_js(move || {
-            let error = failed.error().ok().flatten().map(JsValue::from).unwrap_or(JsValue::NULL);
-            reject.call1(&JsValue::NULL, &error)
-        });
-        request.set_onsuccess(Some(on_success.unchecked_ref()));
-        request.set_onerror(Some(on_error.unchecked_ref()));
-    });
-    JsFuture::from(promise).await
+    let settled = Settled::new();
+    request.set_onsuccess(Some(settled.on_success.as_ref().unchecked_ref()));
+    request.set_onerror(Some(settled.on_failure.as_ref().unchecked_ref()));
+    let succeeded = settled.wait().await;
+    request.set_onsuccess(None);
+    request.set_onerror(None);
+    if succeeded {
+        request.result()
+    } else {
+        Err(request.error().ok().flatten().map(JsValue::from).unwrap_or(JsValue::NULL))
+    }
 }
 
 /// Settles when `transaction` commits, or fails with the error that aborted it.
 async fn committed(transaction: &IdbTransaction) -> Result<(), JsValue> {
-    let promise = Promise::new(&mut |resolve, reject| {
-        let on_complete = Closure::once_into_js(move || resolve.call0(&JsValue::NULL));
-        let failed = transaction.clone();
-        let on_abort = Closure::once_into_js(move || {
-            let error = failed.error().map(JsValue::from).unwrap_or_else(|| "the transaction was aborted".into());
-            reject.call1(&JsValue::NULL, &error)
-        });
-        transaction.set_oncomplete(Some(on_complete.unchecked_ref()));
-        transaction.set_onabort(Some(on_abort.unchecked_ref()));
-    });
-    JsFuture::from(promise).await.map(|_| ())
+    let settled = Settled::new();
+    transaction.set_oncomplete(Some(settled.on_success.as_ref().unchecked_ref()));
+    transaction.set_onabort(Some(settled.on_failure.as_ref().unchecked_ref()));
+    let succeeded = settled.wait().await;
+    transaction.set_oncomplete(None);
+    transaction.set_onabort(None);
+    match succeeded {
+        true => Ok(()),
+        false => Err(transaction.error().map(JsValue::from).unwrap_or_else(|| "the transaction was aborted".into())),
+    }
 }
 
 /// Keys from `prefix` up to `prefix` followed by the highest code unit.
@@ -82,12 +111,6 @@ pub async fn estimate() -> Option<(u64, u64)> {
     Some((field("usage")?, field("quota")?))
 }
 
-/// Asks the browser to keep our storage under pressure (`navigator.storage.persist()`);
-/// whether it agreed.
-pub async fn persist() -> bool {
-    navigator_call("storage", "persist", &[]).await.and_then(|v| v.as_bool()).unwrap_or(false)
-}
-
 impl IdbStore {
     /// Opens (creating on first use) the database `name`.
     pub async fn open(name: &str) -> Result<Self, StoreError> {
@@ -96,15 +119,19 @@ impl IdbStore {
             .and_then(|f| f.dyn_into().ok())
             .ok_or_else(|| StoreError::Other("IndexedDB is not available (private browsing?)".into()))?;
         let request = factory.open_with_u32(name, 1).map_err(other)?;
-        let upgrade = request.clone();
-        let on_upgrade = Closure::once_into_js(move || {
-            let db: IdbDatabase = upgrade.result().unwrap().unchecked_into();
-            if !db.object_store_names().contains(RECORDS) {
+        // First use: create the object store (the event's target is the open request).
+        let on_upgrade = Closure::<dyn FnMut(web_sys::Event)>::new(|event: web_sys::Event| {
+            let result = event.target().and_then(|t| t.dyn_into::<IdbRequest>().ok()).and_then(|r| r.result().ok());
+            if let Some(db) = result.and_then(|db| db.dyn_into::<IdbDatabase>().ok())
+                && !db.object_store_names().contains(RECORDS)
+            {
                 let _ = db.create_object_store(RECORDS);
             }
         });
-        request.set_onupgradeneeded(Some(on_upgrade.unchecked_ref()));
-        let db: IdbDatabase = settle(&request).await.map_err(other)?.unchecked_into();
+        request.set_onupgradeneeded(Some(on_upgrade.as_ref().unchecked_ref()));
+        let opened = settle(&request).await;
+        request.set_onupgradeneeded(None);
+        let db: IdbDatabase = opened.map_err(other)?.unchecked_into();
         Ok(Self { db })
     }
 
@@ -123,7 +150,11 @@ impl IdbStore {
     async fn put_records(&self, records: Vec<(String, Vec<u8>)>) -> Result<(), StoreError> {
         let (transaction, store) = self.records(IdbTransactionMode::Readwrite)?;
         for (key, bytes) in records {
-            store.put_with_key(&Uint8Array::from(bytes.as_slice()), &key.into()).map_err(classify)?;
+            if let Err(e) = store.put_with_key(&Uint8Array::from(bytes.as_slice()), &key.into()) {
+                // All or none: without this the records put so far would commit.
+                let _ = transaction.abort();
+                return Err(classify(e));
+            }
         }
         committed(&transaction).await.map_err(classify)
     }
@@ -188,11 +219,16 @@ impl WebLock {
             let _ = granted_tx.call0(&JsValue::NULL);
             held
         });
-        if navigator_call_sync("locks", "request", &[name.into(), callback]).is_none() {
+        let Some(request) = navigator_call_sync("locks", "request", &[name.into(), callback]) else {
             return Self { release: None };
+        };
+        // The request's own promise settles only after release, or at once if it is refused
+        // (an opaque origin, say): then go on without a lock rather than wait forever.
+        let refused = JsFuture::from(Promise::resolve(&request));
+        match futures_util::future::select(JsFuture::from(granted), refused).await {
+            futures_util::future::Either::Left(_) => Self { release },
+            futures_util::future::Either::Right(_) => Self { release: None },
         }
-        let _ = JsFuture::from(granted).await;
-        Self { release }
     }
 }
 

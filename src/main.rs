@@ -58,7 +58,7 @@ mod cli {
             /// Number of variations.
             #[arg(long, default_value_t = 1)]
             n: usize,
-            /// Weight files variant, e.g. fp16 (`*.fp16.safetensors`).
+            /// Weight files variant of a local folder, e.g. fp16 (`*.fp16.safetensors`).
             #[arg(long)]
             variant: Option<String>,
             #[arg(long, default_value = "auto")]
@@ -134,8 +134,8 @@ mod cli {
         }
     }
 
-    /// A local model folder, or a Hub model id fetched into the Hugging Face cache (the fp16
-    /// variant files where the repo has them, unless `variant` names another).
+    /// A local model folder (with `variant`'s weight files where present), or a Hub model id
+    /// fetched into the Hugging Face cache (the fp16 variant files where the repo has them).
     fn model_dir(model: &str, variant: Option<&str>) -> Result<ModelDir, String> {
         let path = Path::new(model);
         if path.exists() {
@@ -156,7 +156,7 @@ mod cli {
         }));
         bar.finish_and_clear();
         let snapshot = snapshot.map_err(|e| e.to_string())?;
-        ModelDir::open(&snapshot, Some(variant.unwrap_or("fp16"))).map_err(|e| e.to_string())
+        ModelDir::open(&snapshot, Some("fp16")).map_err(|e| e.to_string())
     }
 
     fn open_gpu(dtype: DTypeChoice) -> Result<Gpu, String> {

@@ -293,13 +293,11 @@ impl ImageVariationPipeline {
         Ok((w, h))
     }
 
-    /// How many variations one UNet batch can hold: burn's non-fused attention materialises
-    /// the first block's score matrix, `2 (guidance) x heads x tokens^2` f32 values per image,
-    /// and it must fit one storage binding.
+    /// How many variations one batch can hold: every activation must fit one storage binding,
+    /// and the largest is the VAE decoder's last block, `block_out_channels[0]` channels at full
+    /// resolution (f32 at worst). Attention keeps no score matrix (`kernels::attention`).
     pub fn max_batch(&self, width: usize, height: usize) -> usize {
-        let scale = self.vae_scale();
-        let tokens = (width / scale) * (height / scale);
-        let per_image = 2 * self.unet.config().heads(0) * tokens * tokens * 4;
+        let per_image = self.vae.config().block_out_channels[0] * width * height * 4;
         (self.gpu.capabilities.max_storage_buffer_binding_size as usize / per_image.max(1)).max(1)
     }
 

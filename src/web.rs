@@ -242,9 +242,6 @@ async fn open_store(database: Option<&str>) -> Result<IdbStore, JsValue> {
 /// Downloads (or finds cached) and loads the model, reporting progress through `on_event`.
 pub async fn load_pipeline(options: &LoadOptions, on_event: &dyn Fn(&CacheEvent)) -> Result<(ImageVariationPipeline, LoadSummary), JsValue> {
     let session = Session::open(options).await?;
-    if session.store.is_some() {
-        idb_store::persist().await;
-    }
     let fetch = BrowserFetch;
     let prepared = session.cache(&fetch).prepare(on_event).await.map_err(cache_error)?;
     let totals = prepared.manifest.files.iter().map(|f| {

@@ -135,6 +135,9 @@ pub struct FileEntry {
     pub path: String,
     pub etag: Option<String>,
     pub size: u64,
+    /// CRC-32 of the safetensors header: with the size, tells a changed file where the ETag is
+    /// hidden (CORS) or absent.
+    pub header_crc: u32,
     /// The tensors imvar needs, in file order.
     pub tensors: Vec<TensorEntry>,
 }
@@ -177,16 +180,19 @@ fn manifest_key(id: &str) -> String {
     format!("{MANIFEST}{id}")
 }
 
+const TEXT: &str = "text\n";
+const TENSOR: &str = "tensor\n";
+
 fn text_key(id: &str, path: &str) -> String {
-    format!("text\n{id}\n{path}")
+    format!("{TEXT}{id}\n{path}")
 }
 
 fn tensor_prefix(id: &str, path: &str) -> String {
-    format!("tensor\n{id}\n{path}\n")
+    format!("{TENSOR}{id}\n{path}\n")
 }
 
 /// The text files the pipeline reads.
-fn text_paths() -> Vec<String> {
+pub fn text_paths() -> Vec<String> {
     let mut paths = vec!["model_index.json".to_string(), "scheduler/scheduler_config.json".to_string()];
     paths.extend(COMPONENTS.iter().map(|(c, _)| format!("{c}/config.json")));
     paths
@@ -387,9 +393,14 @@ impl<'a> HubCache<'a> {
             let id = manifest.id();
             for file in &manifest.files {
                 let previous = old.as_ref().and_then(|m| m.files.iter().find(|f| f.path == file.path));
-                if previous.is_none_or(|p| p.etag != file.etag || p.etag.is_none()) {
+                let same = |p: &&FileEntry| p.etag == file.etag && p.size == file.size && p.header_crc == file.header_crc;
+                if !previous.is_some_and(|p| same(&p)) {
                     store.delete(&tensor_prefix(&id, &file.path)).await.map_err(CacheError::Store)?;
                 }
+            }
+            // Files the repo no longer uses (say, an fp16 variant appeared): free their space.
+            for gone in old.iter().flat_map(|m| &m.files).filter(|f| !manifest.files.iter().any(|n| n.path == f.path)) {
+                store.delete(&tensor_prefix(&id, &gone.path)).await.map_err(CacheError::Store)?;
             }
             let mut records: Vec<_> = texts.into_iter().map(|(p, t)| (text_key(&id, &p), seal(t.into_bytes()))).collect();
             records.push((manifest_key(&id), seal(serde_json::to_vec(&manifest).unwrap())));
@@ -403,16 +414,7 @@ impl<'a> HubCache<'a> {
     }
 
     async fn plan_file(&self, component: &str) -> Result<FileEntry, CacheError> {
-        let variant = weights_file(component, Some("fp16"));
-        let (path, first) = match self.range(&variant, 0..8).await {
-            Ok(first) => (variant, first),
-            Err(HubError::NotFound { .. }) => {
-                let plain = weights_file(component, None);
-                let first = self.range(&plain, 0..8).await?;
-                (plain, first)
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let (path, first) = weights_file_of(self.fetch, &self.model, component, self.options.retry).await?;
         let len = SafetensorsIndex::header_len(first.bytes.as_slice().try_into().map_err(|_| truncated(&path))?, &path)?;
         let header = self.range(&path, 8..8 + len).await?;
         let index = SafetensorsIndex::parse(&header.bytes, &path)?;
@@ -423,7 +425,8 @@ impl<'a> HubCache<'a> {
             tensors.push(TensorEntry { info, start: range.start, end: range.end });
         }
         let size = first.file_size.unwrap_or(0);
-        Ok(FileEntry { component: component.into(), path, etag: first.etag, size, tensors })
+        let header_crc = crc32fast::hash(&header.bytes);
+        Ok(FileEntry { component: component.into(), path, etag: first.etag, size, header_crc, tensors })
     }
 
     async fn range(&self, path: &str, range: Range<u64>) -> Result<hub::Download, HubError> {
@@ -537,6 +540,21 @@ pub struct Pending {
     pub cached_bytes: u64,
     /// Bytes the whole model takes in the cache.
     pub stored_bytes: u64,
+}
+
+/// A component's weight file in the repo, the `fp16` variant where there is one, with its
+/// first 8 bytes (the safetensors header length) and what the answer said about the file.
+pub async fn weights_file_of(fetch: &dyn Fetch, model: &HubModel, component: &str, retry: Retry) -> Result<(String, hub::Download), HubError> {
+    let variant = weights_file(component, Some("fp16"));
+    match hub::download(fetch, &model.url(&variant), Some(0..8), retry).await {
+        Ok(first) => Ok((variant, first)),
+        Err(HubError::NotFound { .. }) => {
+            let plain = weights_file(component, None);
+            let first = hub::download(fetch, &model.url(&plain), Some(0..8), retry).await?;
+            Ok((plain, first))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 struct Text {
@@ -663,9 +681,9 @@ pub async fn list(store: &dyn Store) -> Result<Vec<CachedEntry>, StoreError> {
 pub async fn delete(store: &dyn Store, model: &HubModel) -> Result<(), StoreError> {
     for storage in [Storage::F16, Storage::AsStored] {
         let id = cache_id(model, storage);
-        store.delete(&format!("tensor\n{id}\n")).await?;
-        store.delete(&format!("text\n{id}\n")).await?;
-        store.delete(&manifest_key(&id)).await?;
+        for prefix in [format!("{TENSOR}{id}\n"), format!("{TEXT}{id}\n"), manifest_key(&id)] {
+            store.delete(&prefix).await?;
+        }
     }
     Ok(())
 }

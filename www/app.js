@@ -119,14 +119,18 @@ function showCached(bytesStored) {
   $("download").hidden = true;
 }
 function startLoad(kind = "load") {
+  state.loading = true;
   $("download").hidden = true;
+  $("delete-model").hidden = true;
+  // Ask the browser to keep the cache under storage pressure (only a page can ask).
+  if (kind === "load") navigator.storage?.persist?.().catch(() => {});
   $("model-progress").hidden = false;
   setModelStatus(state.pending?.downloadBytes > 0 && kind === "load" ? "Downloading the model…" : "Loading the model onto your GPU…");
   worker.postMessage({ type: kind });
 }
 $("download").onclick = () => startLoad();
 $("delete-model").onclick = () => {
-  if (state.running) return;
+  if (state.running || state.loading) return;
   state.loaded = false;
   worker.postMessage({ type: "delete" });
 };
@@ -173,6 +177,7 @@ const handlers = {
   },
   loaded({ summary, defaultScheduler }) {
     state.loaded = true;
+    state.loading = false;
     $("model-progress").hidden = true;
     const where = summary.cached ? `cached in this browser (${bytes(summary.storedBytes)})` : "streamed without caching";
     setModelStatus(`Ready: ${summary.model.repo}, ${where}, ${bytes(summary.weightBytes)} on the GPU.`);
@@ -209,6 +214,7 @@ const handlers = {
     if (during === "generate" && id === state.running?.id) {
       finishRun(error.name === "CancelledError" ? `Cancelled after step ${state.running.lastStep ?? 0}.` : "Stopped by an error.");
     }
+    if (during === "load" || during === "stream" || during === "generate") state.loading = false;
     if (during === "init" || during === "load" || during === "stream") {
       setModelStatus(during === "init" && error.name === "NoWebGpu" ? "WebGPU is not available." : "The model is not loaded.");
       $("model-progress").hidden = true;
@@ -271,7 +277,14 @@ $("controls").onsubmit = async (e) => {
   $("step-progress").value = 0;
   $("step-eta").textContent = "";
   $("previews").replaceChildren(...Array.from({ length: options.n }, () => document.createElement("canvas")));
-  const image = await state.image.arrayBuffer();
+  let image;
+  try {
+    image = await state.image.arrayBuffer();
+  } catch (error) {
+    finishRun("Stopped: the picture could not be read.");
+    showError({ name: "ImageError", message: `${state.image.name} could not be read (${error.message})` });
+    return;
+  }
   worker.postMessage({ type: "generate", id, image, options }, [image]);
 };
 $("cancel").onclick = () => {

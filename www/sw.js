@@ -16,18 +16,22 @@ self.addEventListener("activate", (event) => {
   );
 });
 
+const SHELL_PATHS = new Set(SHELL.map((path) => new URL(path, self.registration.scope).pathname));
+
 self.addEventListener("fetch", (event) => {
   const url = new URL(event.request.url);
-  if (event.request.method !== "GET" || url.origin !== self.location.origin) return;
+  // Only the shell: never Range requests or anything else (a same-origin Hub mirror's weights).
+  if (event.request.method !== "GET" || url.origin !== self.location.origin || !SHELL_PATHS.has(url.pathname)
+      || event.request.headers.has("Range")) return;
   event.respondWith(
     fetch(event.request)
       .then((response) => {
-        if (response.ok) {
+        if (response.status === 200) {
           const copy = response.clone();
-          caches.open(CACHE).then((cache) => cache.put(event.request, copy));
+          event.waitUntil(caches.open(CACHE).then((cache) => cache.put(url.pathname, copy)));
         }
         return response;
       })
-      .catch(() => caches.match(event.request, { ignoreSearch: true }).then((hit) => hit ?? Response.error())),
+      .catch(() => caches.match(url.pathname).then((hit) => hit ?? Response.error())),
   );
 });

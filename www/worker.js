@@ -15,6 +15,7 @@ let cache = true;
 let pipe = null;
 let loading = null;
 let controller = null;
+let ready = null;
 
 const post = (message, transfer = []) => self.postMessage(message, transfer);
 const plainError = (error) => ({ name: error?.name ?? "Error", message: error?.message ?? String(error) });
@@ -35,9 +36,11 @@ function load() {
 }
 
 async function generate({ id, image, options }) {
-  const current = pipe ?? await load();
+  // Created first, so a Cancel while the model is still loading stops the run too.
   controller = new AbortController();
   try {
+    const current = pipe ?? await load();
+    if (controller.signal.aborted) throw Object.assign(new Error("cancelled"), { name: "CancelledError" });
     const results = await current.generate(new Uint8Array(image), {
       ...options,
       signal: controller.signal,
@@ -56,7 +59,8 @@ async function generate({ id, image, options }) {
 const handlers = {
   async init(message) {
     model = message.model ?? {};
-    await init();
+    ready = init();
+    await ready;
     post({ type: "capabilities", capabilities: await capabilities() });
     await pending();
   },
@@ -74,6 +78,8 @@ const handlers = {
 
 self.onmessage = async ({ data }) => {
   try {
+    // Messages can arrive while the wasm module is still starting: every handler waits for it.
+    if (data.type !== "init") await ready;
     await handlers[data.type](data);
   } catch (error) {
     post({ type: "error", id: data.id, during: data.type, error: plainError(error) });

@@ -31,7 +31,7 @@ var<workgroup> b_tile: array<f32, 1024>; // [TILE_K][TILE_N]
 fn main(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) group: vec3<u32>) {
     let tid = local.y * 16u + local.x;
     let m0 = group.y * TILE_M;
-    let n0 = group.x * TILE_N;
+    let n0 = (group.x + group.z * 32768u) * TILE_N; // PIXEL_TILES_PER_ROW in mod.rs
     let window = p.kernel * p.kernel;
     // Loaded through workgroup memory so the loop bound is uniform (its barriers need that).
     if (tid == 0u) { shared_depth = p.channels * window; }

@@ -73,8 +73,12 @@ fn cube<const D: usize>(tensor: Tensor<D>) -> CubeTensor {
     into_contiguous(tensor.try_into_primitive::<Cube>().expect("imvar's kernels run on its wgpu device"))
 }
 
-fn is_f16(tensor: &CubeTensor) -> bool {
-    match tensor.dtype {
+/// Whether the operands are f16 (else f32); they must all have one dtype, as the shaders read
+/// every buffer with one element type.
+fn is_f16(operands: &[&CubeTensor]) -> bool {
+    let dtype = operands[0].dtype;
+    assert!(operands.iter().all(|t| t.dtype == dtype), "imvar's kernels take operands of one dtype");
+    match dtype {
         DType::F16 => true,
         DType::F32 => false,
         other => panic!("imvar's kernels take f16 or f32 tensors, not {other:?}"),
@@ -92,6 +96,9 @@ fn params(client: &Client, words: &[u32]) -> burn_cubecl::cubecl::server::Handle
     client.create_from_slice(&words.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>())
 }
 
+/// Pixel tiles per row of the conv2d dispatch grid (`conv2d.wgsl` reads it the same way).
+const PIXEL_TILES_PER_ROW: u32 = 32768;
+
 /// `conv2d` with a square `kernel`, `stride`, `padding`, groups 1 and dilation 1, on
 /// `x` `[B, C, H, W]` and `weight` `[O, C, k, k]` of the same dtype.
 pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, stride: usize, padding: usize) -> Tensor<4> {
@@ -102,10 +109,11 @@ pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, stride: 
     let out_width = (width + 2 * padding - kernel) / stride + 1;
     let (x, weight) = (cube(x), cube(weight));
     let client = x.client.clone();
-    let f16 = is_f16(&x);
+    let bias = bias.map(cube);
+    let f16 = is_f16(&[&x, &weight].into_iter().chain(bias.as_ref()).collect::<Vec<_>>());
     let has_bias = bias.is_some() as u32;
     let bias_handle = match bias {
-        Some(b) => cube(b).handle,
+        Some(b) => b.handle,
         None => client.create_from_slice(&[0u8; 4]),
     };
     let shape = [batch, out_channels, out_height, out_width];
@@ -115,7 +123,10 @@ pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, stride: 
     let p = params(&client, &[&words[..], &[has_bias, 0]].concat());
     let columns = (batch * out_height * out_width) as u32;
     let kernel = WgslKernel::new("conv2d", CONV2D, f16, Dim3::new_2d(16, 16));
-    let count = CubeCount::Static(columns.div_ceil(64), (out_channels as u32).div_ceil(64), 1);
+    // Pixel tiles beyond WebGPU's 65,535 workgroups per dimension (a 2048x2048 output has
+    // 65,536) continue along z.
+    let tiles = columns.div_ceil(64);
+    let count = CubeCount::Static(tiles.min(PIXEL_TILES_PER_ROW), (out_channels as u32).div_ceil(64), tiles.div_ceil(PIXEL_TILES_PER_ROW));
     launch(&client, kernel, count, [x.handle, weight.handle, bias_handle, out.handle.clone(), p]);
     Tensor::from_primitive::<Cube>(out)
 }
@@ -127,7 +138,7 @@ pub fn group_norm(x: Tensor<4>, gamma: Tensor<1>, beta: Tensor<1>, groups: usize
     assert!(channels % groups == 0, "group_norm: {channels} channels in {groups} groups");
     let (x, gamma, beta) = (cube(x), cube(gamma), cube(beta));
     let client = x.client.clone();
-    let f16 = is_f16(&x);
+    let f16 = is_f16(&[&x, &gamma, &beta]);
     let out = empty_device_contiguous_dtype(client.clone(), x.device.clone(), x.meta.shape().clone(), x.dtype);
     let p = params(&client, &[channels as u32, (height * width) as u32, groups as u32, silu as u32, (eps as f32).to_bits(), 0, 0, 0]);
     let kernel = WgslKernel::new("group_norm", GROUP_NORM, f16, Dim3::new_1d(256));
@@ -151,7 +162,7 @@ pub fn attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -> Tens
     let tile = (3072 / (head_dim + chunk)).clamp(1, 64);
     let (q, k, v) = (cube(q), cube(k), cube(v));
     let client = q.client.clone();
-    let f16 = is_f16(&q);
+    let f16 = is_f16(&[&q, &k, &v]);
     let out = empty_device_contiguous_dtype(client.clone(), q.device.clone(), q.meta.shape().clone(), q.dtype);
     let scale = 1.0 / (head_dim as f32).sqrt();
     let p = params(&client, &[batch as u32, heads as u32, queries as u32, keys as u32, channels as u32, scale.to_bits(), 0, 0]);
