@@ -112,6 +112,11 @@ fn seal(mut payload: Vec<u8>) -> Vec<u8> {
     payload
 }
 
+/// Whether a stored record is complete and undamaged (its checksum holds).
+pub fn is_whole(record: &[u8]) -> bool {
+    unseal(record.to_vec()).is_some()
+}
+
 fn unseal(mut record: Vec<u8>) -> Option<Vec<u8>> {
     let split = record.len().checked_sub(4)?;
     let crc = u32::from_le_bytes(record[split..].try_into().unwrap());

@@ -178,9 +178,10 @@ fn a_full_quota_stops_cleanly_keeps_what_is_stored_and_streaming_still_works() {
     let full = MemoryStore { limit: Some(100), ..Default::default() };
     let err = prepare(&cache(&hub, "quota-plan", &fetch, Some(&full))).err().expect("quota");
     assert!(matches!(err, CacheError::Quota { available: None, stored: 0, .. }), "{err}");
-    // Nothing half-written: every tensor record kept is whole.
+    // Nothing half-written: every record kept is whole.
     let tensors = store.records.borrow().keys().filter(|k| k.starts_with("tensor")).count();
     assert!(tensors > 0);
+    assert!(store.records.borrow().values().all(|record| imvar::weight_cache::is_whole(record)));
     store.limit = None;
     let streamed = cache(&hub, "quota", &fetch, None);
     assert_eq!(contents(&prepare(&streamed).unwrap()), expected());
