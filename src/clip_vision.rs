@@ -103,17 +103,13 @@ impl ClipVisionModelWithProjection {
 mod tests {
     use crate::config::ClipVisionConfig;
     use crate::gpu::{ComputeDType, DTypeChoice};
-    use crate::model_files::ModelSource;
-    use crate::pipeline::{WeightsFrom, load_component};
-    use crate::testing::{Golden, read, relative_error, shared_gpu, tiny_model, upload};
+    use crate::testing::{Golden, read, relative_error, shared_gpu, tiny_component, upload};
 
     #[test]
     fn hidden_states_and_image_embeds_match_transformers() {
         pollster::block_on(async {
             let gpu = shared_gpu(DTypeChoice::Exactly(ComputeDType::F32)).await;
-            let source = tiny_model(None);
-            let config = ClipVisionConfig::from_json(&source.text("image_encoder/config.json").await.unwrap()).unwrap();
-            let clip = load_component(&source, &gpu, WeightsFrom::Files, "image_encoder", &mut |_| {}, |w| super::ClipVisionModelWithProjection::load(w, &config)).await.unwrap().0;
+            let (config, clip) = tiny_component(&gpu, "image_encoder", |j| ClipVisionConfig::from_json(j).unwrap(), super::ClipVisionModelWithProjection::load).await;
             let pixels = upload(&Golden::open("preprocess.safetensors"), "input", &gpu);
             let out = clip.forward(pixels);
             let golden = Golden::open("clip.safetensors");

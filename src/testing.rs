@@ -195,6 +195,23 @@ pub fn tiny_model(variant: Option<&str>) -> crate::model_files::ModelDir {
     crate::model_files::ModelDir::open(&fixture_path("tiny-sd-image-variations"), variant).unwrap()
 }
 
+/// One component of the tiny fixture model (fp32 files): its config from `{component}/config.json`
+/// and the model `load` builds from its weights.
+#[cfg(not(target_arch = "wasm32"))]
+pub async fn tiny_component<C, T>(
+    gpu: &Gpu,
+    component: &str,
+    config: impl FnOnce(&str) -> C,
+    load: impl FnOnce(&mut crate::weights::Weights, &C) -> Result<T, crate::weights::LoadError>,
+) -> (C, T) {
+    use crate::model_files::ModelSource;
+    let source = tiny_model(None);
+    let config = config(&source.text(&format!("{component}/config.json")).await.unwrap());
+    let files = crate::pipeline::WeightsFrom::Files;
+    let (model, _) = crate::pipeline::load_component(&source, gpu, files, component, &mut |_| {}, |w| load(w, &config)).await.unwrap();
+    (config, model)
+}
+
 /// Uploads a golden tensor to the device in its compute dtype.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn upload<const D: usize>(golden: &Golden, name: &str, gpu: &Gpu) -> Tensor<D> {

@@ -125,17 +125,13 @@ impl UNet2DConditionModel {
 mod tests {
     use crate::config::UNetConfig;
     use crate::gpu::{ComputeDType, DTypeChoice};
-    use crate::model_files::ModelSource;
-    use crate::pipeline::{WeightsFrom, load_component};
-    use crate::testing::{Golden, read, relative_error, shared_gpu, tiny_model, upload};
+    use crate::testing::{Golden, read, relative_error, shared_gpu, tiny_component, upload};
 
     #[test]
     fn first_call_block_outputs_and_noise_prediction_match_diffusers() {
         pollster::block_on(async {
             let gpu = shared_gpu(DTypeChoice::Exactly(ComputeDType::F32)).await;
-            let source = tiny_model(None);
-            let config = UNetConfig::from_json(&source.text("unet/config.json").await.unwrap()).unwrap();
-            let unet = load_component(&source, &gpu, WeightsFrom::Files, "unet", &mut |_| {}, |w| super::UNet2DConditionModel::load(w, &config)).await.unwrap().0;
+            let (config, unet) = tiny_component(&gpu, "unet", |j| UNetConfig::from_json(j).unwrap(), super::UNet2DConditionModel::load).await;
             let golden = Golden::open("blocks.safetensors");
             let t = golden.f32("unet.call.timestep")[0];
             let mut blocks = Vec::new();

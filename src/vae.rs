@@ -68,17 +68,13 @@ impl AutoencoderKLDecoder {
 mod tests {
     use crate::config::VaeConfig;
     use crate::gpu::{ComputeDType, DTypeChoice};
-    use crate::model_files::ModelSource;
-    use crate::pipeline::{WeightsFrom, load_component};
-    use crate::testing::{Golden, read, relative_error, shared_gpu, tiny_model, upload};
+    use crate::testing::{Golden, read, relative_error, shared_gpu, tiny_component, upload};
 
     #[test]
     fn decoder_output_matches_diffusers_with_legacy_attention_names() {
         pollster::block_on(async {
             let gpu = shared_gpu(DTypeChoice::Exactly(ComputeDType::F32)).await;
-            let source = tiny_model(None);
-            let config = VaeConfig::from_json(&source.text("vae/config.json").await.unwrap()).unwrap();
-            let vae = load_component(&source, &gpu, WeightsFrom::Files, "vae", &mut |_| {}, |w| super::AutoencoderKLDecoder::load(w, &config)).await.unwrap().0;
+            let (_, vae) = tiny_component(&gpu, "vae", |j| VaeConfig::from_json(j).unwrap(), super::AutoencoderKLDecoder::load).await;
             let latents = upload(&Golden::open("run-pndm.safetensors"), "step5.latents", &gpu);
             let err = relative_error(&read(vae.decode(latents)).await, &Golden::open("blocks.safetensors").f32("vae.decoder.out"));
             assert!(err < 1e-5, "relative error {err}");
