@@ -39,6 +39,12 @@ def main():
             x, w, b = rand(batch, c, s, s), rand(c, c, k, k) * 0.05, torch.zeros(c, device=device, dtype=dtype)
             report(f"conv2d_{k}x{k}", f"x[{batch},{c},{s},{s}] w[{c},{c}]",
                    timed(args.runs, lambda: F.conv2d(x, w, b, padding=k // 2), sync))
+        c, s = max(320 // div, 8), max(64 // div, 4)
+        x, r, w = rand(2, c, s, s), rand(2, c, s, s), rand(c, c, 3, 3) * 0.05
+        b = torch.zeros(c, device=device, dtype=dtype)
+        # diffusers' ResnetBlock2D tail: (input + conv2(h)) / output_scale_factor.
+        report("conv2d_3x3_residual", f"x[2,{c},{s},{s}] w[{c},{c}]",
+               timed(args.runs, lambda: (r + F.conv2d(x, w, b, padding=1)) / 1.0, sync))
         for batch, channels, side in [(2, 320, 64), (1, 128, 512)]:
             c, s = max(channels // div // 32, 1) * 32, max(side // div, 4)
             x = rand(batch, c, s, s)
@@ -49,6 +55,19 @@ def main():
             r, i, o = rows // div, inputs // div, outputs // div
             x, w = rand(r, i), rand(o, i) * 0.05
             report("linear", f"[{r},{i}]x[{i},{o}]", timed(args.runs, lambda: F.linear(x, w), sync))
+        for rows, dim in [(8192, 320), (2048, 640), (512, 1280), (257, 1024)]:
+            r, d = rows // div, max(dim // div, 8)
+            x = rand(r, d)
+            gamma, beta = torch.ones(d, device=device, dtype=dtype), torch.zeros(d, device=device, dtype=dtype)
+            report("layer_norm", f"[{r},{d}]", timed(args.runs, lambda: F.layer_norm(x, (d,), gamma, beta, 1e-5), sync))
+        for rows, inner in [(8192, 1280), (512, 5120)]:
+            r, i = rows // div, inner // div
+            x = rand(r, 2 * i)
+
+            def geglu():
+                hidden, gate = x.chunk(2, dim=-1)
+                return hidden * F.gelu(gate)
+            report("geglu", f"[{r},{2 * i}]", timed(args.runs, geglu, sync))
         for batch, heads, tokens, dim in [(2, 8, 4096, 40), (2, 8, 1024, 80), (1, 1, 4096, 512)]:
             t, d = tokens // div // div, max(dim // div, 8)
             q, k, v = rand(batch, heads, t, d), rand(batch, heads, t, d), rand(batch, heads, t, d)

@@ -1,7 +1,6 @@
 //! diffusers' `Attention` (self and cross), `FeedForward` with GEGLU, and `BasicTransformerBlock`.
 
 use burn::tensor::Tensor;
-use burn::tensor::activation::gelu;
 
 use crate::kernels;
 use crate::layers::{LayerNorm, Linear};
@@ -57,23 +56,24 @@ impl Attention {
         })
     }
 
-    pub fn forward_self(&self, x: Tensor<3>) -> Tensor<3> {
+    /// Self-attention of `x`, plus `residual` (added in the output projection).
+    pub fn forward_self(&self, x: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
         let (q, k, v) = (self.to_q.forward(x.clone()), self.to_k.forward(x.clone()), self.to_v.forward(x));
-        self.to_out.forward(self.attend(q, k, v))
+        self.to_out.forward_residual(self.attend(q, k, v), residual)
     }
 
-    /// Cross-attention of `x` over `context` `[B, T, context_dim]`.
-    pub fn forward_cross(&self, x: Tensor<3>, context: Tensor<3>) -> Tensor<3> {
+    /// Cross-attention of `x` over `context` `[B, T, context_dim]`, plus `residual`.
+    pub fn forward_cross(&self, x: Tensor<3>, context: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
         let [b, l, _] = x.dims();
         if context.dims()[1] == 1 {
             // One context token: its softmax weight is exactly 1 for every query, so the output
             // is the projected value, the same at every position. Exact, and no score matrix.
             let c = self.to_out.forward(self.to_v.forward(context));
             let width = c.dims()[2];
-            return c.expand([b, l, width]);
+            return c.expand([b, l, width]) + residual;
         }
         let (q, k, v) = (self.to_q.forward(x), self.to_k.forward(context.clone()), self.to_v.forward(context));
-        self.to_out.forward(self.attend(q, k, v))
+        self.to_out.forward_residual(self.attend(q, k, v), residual)
     }
 
     /// Scaled dot-product attention (scale 1/sqrt(head_dim)), heads read from the channels.
@@ -97,11 +97,9 @@ impl FeedForward {
         })
     }
 
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let mut halves = self.proj.forward(x).chunk(2, 2);
-        let gate = halves.pop().unwrap();
-        let hidden = halves.pop().unwrap();
-        self.out.forward(hidden * gelu(gate))
+    /// `FeedForward(x) + residual`.
+    pub fn forward(&self, x: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
+        self.out.forward_residual(kernels::geglu(self.proj.forward(x)), residual)
     }
 }
 
@@ -129,8 +127,8 @@ impl BasicTransformerBlock {
     }
 
     pub fn forward(&self, x: Tensor<3>, context: Tensor<3>) -> Tensor<3> {
-        let x = self.attn1.forward_self(self.norm1.forward(x.clone())) + x;
-        let x = self.attn2.forward_cross(self.norm2.forward(x.clone()), context) + x;
-        self.ff.forward(self.norm3.forward(x.clone())) + x
+        let x = self.attn1.forward_self(self.norm1.forward(x.clone()), x);
+        let x = self.attn2.forward_cross(self.norm2.forward(x.clone()), context, x);
+        self.ff.forward(self.norm3.forward(x.clone()), x)
     }
 }

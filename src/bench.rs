@@ -113,7 +113,7 @@ pub fn ops(gpu: &Gpu, runs: usize, small: bool) -> Result<Vec<serde_json::Value>
     use burn::tensor::module::{attention, conv2d, linear};
     use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
 
-    use crate::kernels;
+    use crate::kernels::{self, Epilogue};
 
     let caps = &gpu.capabilities;
     let dtype = DType::from(caps.compute_dtype.burn());
@@ -145,7 +145,7 @@ pub fn ops(gpu: &Gpu, runs: usize, small: bool) -> Result<Vec<serde_json::Value>
         let b = Tensor::<1>::zeros([c], (device, dtype));
         let pad = k / 2;
         let ours = time_stage(runs, || {
-            drop(kernels::conv2d(x.clone(), w.clone(), Some(b.clone()), 1, pad));
+            drop(kernels::conv2d(x.clone(), w.clone(), 1, pad, Epilogue::bias(Some(b.clone()))));
             sync(gpu)
         })?;
         let stock = time_stage(runs, || {
@@ -153,6 +153,24 @@ pub fn ops(gpu: &Gpu, runs: usize, small: bool) -> Result<Vec<serde_json::Value>
             sync(gpu)
         })?;
         report(&format!("conv2d_{k}x{k}"), format!("x[{batch},{c},{s},{s}] w[{c},{c}]"), Some(ours), stock);
+    }
+
+    // A resnet's last conv with its residual add fused, against the stock conv and add.
+    {
+        let (c, s) = ((320 / div).max(8), (64 / div).max(4));
+        let (x, residual) = (random(vec![2, c, s, s]), random(vec![2, c, s, s]));
+        let w = random(vec![c, c, 3, 3]).mul_scalar(0.05);
+        let b = Tensor::<1>::zeros([c], (device, dtype));
+        let ours = time_stage(runs, || {
+            let epilogue = Epilogue { bias: Some(b.clone().unsqueeze()), residual: Some(residual.clone()), divisor: 1.0 };
+            drop(kernels::conv2d(x.clone(), w.clone(), 1, 1, epilogue));
+            sync(gpu)
+        })?;
+        let stock = time_stage(runs, || {
+            drop(conv2d(x.clone(), w.clone(), Some(b.clone()), ConvOptions::new([1, 1], [1, 1], [1, 1], 1)) + residual.clone());
+            sync(gpu)
+        })?;
+        report("conv2d_3x3_residual", format!("x[2,{c},{s},{s}] w[{c},{c}]"), Some(ours), stock);
     }
 
     for (batch, channels, side) in [(2, 320, 64), (1, 128, 512)] {
@@ -168,6 +186,35 @@ pub fn ops(gpu: &Gpu, runs: usize, small: bool) -> Result<Vec<serde_json::Value>
             sync(gpu)
         })?;
         report("group_norm_silu", format!("[{batch},{c},{s},{s}] groups 32"), Some(ours), stock);
+    }
+
+    // The transformers' LayerNorms (UNet tokens at 64..16, CLIP ViT-L's 257) and GEGLU tail.
+    for (rows, dim) in [(8192, 320), (2048, 640), (512, 1280), (257, 1024)] {
+        let (r, d) = (rows / div, (dim / div).max(8));
+        let x = Tensor::<2>::random([r, d], Distribution::Uniform(-1.0, 1.0), (device, dtype));
+        let (gamma, beta) = (Tensor::<1>::ones([d], (device, dtype)), Tensor::<1>::zeros([d], (device, dtype)));
+        let ours = time_stage(runs, || {
+            drop(kernels::layer_norm(x.clone(), gamma.clone(), beta.clone(), 1e-5));
+            sync(gpu)
+        })?;
+        let stock = time_stage(runs, || {
+            drop(kernels::layer_norm_stock(x.clone(), gamma.clone(), beta.clone(), 1e-5));
+            sync(gpu)
+        })?;
+        report("layer_norm", format!("[{r},{d}]"), Some(ours), stock);
+    }
+    for (rows, inner) in [(8192, 1280), (512, 5120)] {
+        let (r, i) = (rows / div, inner / div);
+        let x = Tensor::<2>::random([r, 2 * i], Distribution::Uniform(-1.0, 1.0), (device, dtype));
+        let ours = time_stage(runs, || {
+            drop(kernels::geglu(x.clone()));
+            sync(gpu)
+        })?;
+        let stock = time_stage(runs, || {
+            drop(kernels::geglu_stock(x.clone()));
+            sync(gpu)
+        })?;
+        report("geglu", format!("[{r},{}]", 2 * i), Some(ours), stock);
     }
 
     // Self-attention: ours on [B, L, C] with the heads in the channels, burn's on split heads.
@@ -188,16 +235,20 @@ pub fn ops(gpu: &Gpu, runs: usize, small: bool) -> Result<Vec<serde_json::Value>
         report("attention", format!("[{batch},{heads},{t},{d}]"), Some(ours), stock);
     }
 
-    // Linear layers still use burn's matmul: its time only.
+    // Linear layers (no bias, as PyTorch's side), ours on the checkpoint's [out, in] weight.
     for (rows, inputs, outputs) in [(8192, 320, 320), (8192, 320, 2560), (2048, 640, 640), (512, 1280, 1280)] {
         let (r, i, o) = (rows / div, inputs / div, outputs / div);
         let x = Tensor::<2>::random([r, i], Distribution::Uniform(-1.0, 1.0), (device, dtype));
-        let w = Tensor::<2>::random([i, o], Distribution::Uniform(-0.05, 0.05), (device, dtype));
-        let stock = time_stage(runs, || {
-            drop(linear(x.clone(), w.clone(), None));
+        let w = Tensor::<2>::random([o, i], Distribution::Uniform(-0.05, 0.05), (device, dtype));
+        let ours = time_stage(runs, || {
+            drop(kernels::linear(x.clone(), w.clone(), None, None));
             sync(gpu)
         })?;
-        report("linear", format!("[{r},{i}]x[{i},{o}]"), None, stock);
+        let stock = time_stage(runs, || {
+            drop(linear(x.clone(), w.clone().transpose(), None));
+            sync(gpu)
+        })?;
+        report("linear", format!("[{r},{i}]x[{i},{o}]"), Some(ours), stock);
     }
     Ok(lines)
 }

@@ -32,10 +32,10 @@ impl EncoderLayer {
     }
 
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = self.self_attn.forward_self(self.layer_norm1.forward(x.clone())) + x;
+        let x = self.self_attn.forward_self(self.layer_norm1.forward(x.clone()), x);
         let h = self.fc1.forward(self.layer_norm2.forward(x.clone()));
         let h = h.clone() * sigmoid(h.mul_scalar(1.702)); // quick_gelu
-        self.fc2.forward(h) + x
+        self.fc2.forward_residual(h, x)
     }
 }
 

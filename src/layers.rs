@@ -1,15 +1,14 @@
 //! The PyTorch layers the models are built from (`nn.Linear`, `nn.Conv2d`, `nn.GroupNorm`,
 //! `nn.LayerNorm`), loaded by checkpoint name. Norm statistics are computed in f32 whatever the
-//! compute dtype, as PyTorch's autocast does. Convolution and GroupNorm run on our own kernels.
+//! compute dtype, as PyTorch's autocast does. Convolution and the norms run on our own kernels.
 
-use burn::tensor::module::{layer_norm, linear};
-use burn::tensor::{FloatDType, Tensor};
+use burn::tensor::Tensor;
 
-use crate::kernels;
+use crate::kernels::{self, Epilogue};
 use crate::weights::{LoadError, Weights};
 
 pub struct Linear {
-    /// `[in, out]`.
+    /// `[out, in]`, as the checkpoint has it.
     weight: Tensor<2>,
     bias: Option<Tensor<1>>,
 }
@@ -17,13 +16,18 @@ pub struct Linear {
 impl Linear {
     pub fn load(w: &mut Weights, name: &str, inputs: usize, outputs: usize, bias: bool) -> Result<Self, LoadError> {
         Ok(Self {
-            weight: w.linear_weight(&format!("{name}.weight"), inputs, outputs)?,
+            weight: w.tensor(&format!("{name}.weight"), [outputs, inputs])?,
             bias: bias.then(|| w.tensor(&format!("{name}.bias"), [outputs])).transpose()?,
         })
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        linear(x, self.weight.clone(), self.bias.clone())
+        kernels::linear(x, self.weight.clone(), self.bias.clone(), None)
+    }
+
+    /// `forward(x) + residual` in one launch.
+    pub fn forward_residual<const D: usize>(&self, x: Tensor<D>, residual: Tensor<D>) -> Tensor<D> {
+        kernels::linear(x, self.weight.clone(), self.bias.clone(), Some(residual))
     }
 }
 
@@ -66,7 +70,35 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        kernels::conv2d(x, self.weight.clone(), self.bias.clone(), self.stride, self.padding)
+        self.convolve(x, Epilogue::bias(self.bias.clone()))
+    }
+
+    /// `(conv(x) + shift[b, o] + residual) / divisor` in one launch: a resnet's tail, where
+    /// `shift` `[B, O]` is its projected timestep embedding.
+    pub fn forward_fused(&self, x: Tensor<4>, shift: Option<Tensor<2>>, residual: Option<Tensor<4>>, divisor: f32) -> Tensor<4> {
+        let own = self.bias.clone().map(|b| b.unsqueeze::<2>());
+        let bias = match (own, shift) {
+            (Some(own), Some(shift)) => Some(shift + own),
+            (own, shift) => own.or(shift),
+        };
+        self.convolve(x, Epilogue { bias, residual, divisor })
+    }
+
+    /// A 1x1 convolution of `[B, C, H, W]` to tokens `[B, H * W, O]` (no transpose after it).
+    pub fn forward_to_tokens(&self, x: Tensor<4>) -> Tensor<3> {
+        assert!(self.stride == 1 && self.padding == 0, "tokens need a pointwise convolution");
+        kernels::conv1x1_to_tokens(x, self.weight.clone(), self.bias.clone())
+    }
+
+    /// A 1x1 convolution of tokens `[B, H * W, C]` to `[B, O, H, W]` plus `residual` (no
+    /// transpose before it).
+    pub fn forward_from_tokens(&self, tokens: Tensor<3>, size: [usize; 2], residual: Tensor<4>) -> Tensor<4> {
+        assert!(self.stride == 1 && self.padding == 0, "tokens need a pointwise convolution");
+        kernels::conv1x1_from_tokens(tokens, size, self.weight.clone(), self.bias.clone(), Some(residual))
+    }
+
+    fn convolve(&self, x: Tensor<4>, epilogue: Epilogue) -> Tensor<4> {
+        kernels::conv2d(x, self.weight.clone(), self.stride, self.padding, epilogue)
     }
 }
 
@@ -114,13 +146,6 @@ impl LayerNorm {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let dtype = x.dtype();
-        layer_norm(
-            x.cast(FloatDType::F32),
-            self.weight.clone().cast(FloatDType::F32),
-            Some(self.bias.clone().cast(FloatDType::F32)),
-            self.eps,
-        )
-        .cast(dtype)
+        kernels::layer_norm(x, self.weight.clone(), self.bias.clone(), self.eps)
     }
 }

@@ -41,21 +41,20 @@ impl ResnetBlock2D {
         })
     }
 
-    /// `temb` is the already SiLU-activated timestep embedding `[B, temb_channels]`.
+    /// `temb` is the already SiLU-activated timestep embedding `[B, temb_channels]`. Its
+    /// projection is added through conv1's bias, and the shortcut and scaling happen in
+    /// conv2's epilogue: no full-size element-wise pass of their own.
     pub fn forward(&self, x: Tensor<4>, temb: Option<&Tensor<2>>) -> Tensor<4> {
-        let mut h = self.conv1.forward(self.norm1.forward_silu(x.clone()));
-        if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
-            let t = proj.forward(temb.clone());
-            let [b, c] = t.dims();
-            h = h + t.reshape([b, c, 1, 1]);
-        }
-        let h = self.conv2.forward(self.norm2.forward_silu(h));
+        let shift = match (&self.time_emb_proj, temb) {
+            (Some(proj), Some(temb)) => Some(proj.forward(temb.clone())),
+            _ => None,
+        };
+        let h = self.conv1.forward_fused(self.norm1.forward_silu(x.clone()), shift, None, 1.0);
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(x),
             None => x,
         };
-        let out = shortcut + h;
-        if self.output_scale_factor == 1.0 { out } else { out.div_scalar(self.output_scale_factor) }
+        self.conv2.forward_fused(self.norm2.forward_silu(h), None, Some(shortcut), self.output_scale_factor)
     }
 }
 

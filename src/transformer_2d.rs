@@ -33,10 +33,9 @@ impl Transformer2DModel {
     }
 
     pub fn forward(&self, x: Tensor<4>, context: &Tensor<3>) -> Tensor<4> {
-        let [b, c, h, w] = x.dims();
-        let tokens = self.proj_in.forward(self.norm.forward(x.clone())).reshape([b, c, h * w]).swap_dims(1, 2);
+        let [_, _, h, w] = x.dims();
+        let tokens = self.proj_in.forward_to_tokens(self.norm.forward(x.clone()));
         let tokens = self.blocks.iter().fold(tokens, |t, block| block.forward(t, context.clone()));
-        let out = tokens.swap_dims(1, 2).reshape([b, c, h, w]);
-        self.proj_out.forward(out) + x
+        self.proj_out.forward_from_tokens(tokens, [h, w], x)
     }
 }

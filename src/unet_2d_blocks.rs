@@ -209,9 +209,9 @@ impl UNetMidBlock2D {
         let mut x = self.resnets[0].forward(x, None);
         if let Some((norm, attention)) = &self.attention {
             let [b, c, h, w] = x.dims();
-            let tokens = norm.forward(x.clone()).reshape([b, c, h * w]).swap_dims(1, 2);
-            let out = attention.forward_self(tokens).swap_dims(1, 2).reshape([b, c, h, w]);
-            x = out + x;
+            let as_tokens = |t: Tensor<4>| t.reshape([b, c, h * w]).swap_dims(1, 2);
+            let tokens = as_tokens(norm.forward(x.clone()));
+            x = attention.forward_self(tokens, as_tokens(x)).swap_dims(1, 2).reshape([b, c, h, w]);
         }
         self.resnets[1].forward(x, None)
     }

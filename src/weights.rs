@@ -210,11 +210,6 @@ impl Weights {
         Ok(tensor.reshape(shape))
     }
 
-    /// A PyTorch Linear weight `[out, in]`, as the `[in, out]` view that `linear` takes.
-    pub fn linear_weight(&mut self, name: &str, inputs: usize, outputs: usize) -> Result<Tensor<2>, LoadError> {
-        Ok(self.tensor(name, [outputs, inputs])?.transpose())
-    }
-
     /// Fails on tensors the model did not use (the source's tensors under the unused prefixes
     /// were never uploaded).
     pub fn finish(self) -> Result<(), LoadError> {

@@ -1,57 +1,61 @@
-// GroupNorm over [B, C, H, W] (optionally followed by SiLU) in one pass per (batch, group)
-// workgroup: mean, then variance of the centred values (as PyTorch), both in f32, then the
-// affine transform and activation written back in `ELEM` (f32 or f16).
+// GroupNorm, second pass (optionally followed by SiLU): each workgroup combines the chunk
+// statistics of its (batch, group) from group_norm_stats.wgsl (Chan et al.'s parallel variance,
+// in f32), then normalises its own chunk and writes the affine transform in `ELEM` (f32 or f16).
 ENABLE_F16
 
 // Every binding is read_write: cubecl's pool may place inputs and the output in one wgpu
 // buffer, and a buffer cannot be read-only and writable in the same dispatch.
 struct Params {
     channels: u32, spatial: u32, groups: u32, silu: u32,
-    eps: f32, _pad0: u32, _pad1: u32, _pad2: u32,
+    eps: f32, chunks: u32, _pad0: u32, _pad1: u32,
 }
 
 @group(0) @binding(0) var<storage, read_write> x: array<ELEM>;
 @group(0) @binding(1) var<storage, read_write> gamma: array<ELEM>;
 @group(0) @binding(2) var<storage, read_write> beta: array<ELEM>;
-@group(0) @binding(3) var<storage, read_write> out: array<ELEM>;
-@group(0) @binding(4) var<storage, read_write> p: Params;
+@group(0) @binding(3) var<storage, read_write> stats: array<f32>; // [batch * groups, chunks, 2]
+@group(0) @binding(4) var<storage, read_write> out: array<ELEM>;
+@group(0) @binding(5) var<storage, read_write> p: Params;
 
-var<workgroup> partial: array<f32, 256>;
+const CHUNK: u32 = CHUNK_VALUES;
 
-fn workgroup_sum(tid: u32, value: f32) -> f32 {
-    partial[tid] = value;
-    workgroupBarrier();
-    for (var step = 128u; step > 0u; step >>= 1u) {
-        if (tid < step) { partial[tid] += partial[tid + step]; }
-        workgroupBarrier();
-    }
-    let total = partial[0];
-    workgroupBarrier();
-    return total;
+// (count, mean, sum of squared deviations) per thread.
+var<workgroup> partial: array<vec3<f32>, 256>;
+
+fn combine(a: vec3<f32>, b: vec3<f32>) -> vec3<f32> {
+    let n = a.x + b.x;
+    if (n == 0.0) { return a; }
+    let delta = b.y - a.y;
+    return vec3<f32>(n, a.y + delta * b.x / n, a.z + b.z + delta * delta * a.x * b.x / n);
 }
 
 @compute @workgroup_size(256, 1, 1)
 fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) group: vec3<u32>) {
     let per_group = p.channels / p.groups;
     let len = per_group * p.spatial;
-    let b = group.x / p.groups;
-    let g = group.x % p.groups;
-    let base = (b * p.channels + g * per_group) * p.spatial;
 
-    var sum = 0.0;
-    for (var i = tid; i < len; i += 256u) { sum += f32(x[base + i]); }
-    let mean = workgroup_sum(tid, sum) / f32(len);
-    var squares = 0.0;
-    for (var i = tid; i < len; i += 256u) {
-        let d = f32(x[base + i]) - mean;
-        squares += d * d;
+    var own = vec3<f32>(0.0, 0.0, 0.0);
+    for (var c = tid; c < p.chunks; c += 256u) {
+        let slot = (group.y * p.chunks + c) * 2u;
+        own = combine(own, vec3<f32>(f32(min(CHUNK, len - c * CHUNK)), stats[slot], stats[slot + 1u]));
     }
-    let rstd = inverseSqrt(workgroup_sum(tid, squares) / f32(len) + p.eps);
+    partial[tid] = own;
+    workgroupBarrier();
+    for (var step = 128u; step > 0u; step >>= 1u) {
+        if (tid < step) { partial[tid] = combine(partial[tid], partial[tid + step]); }
+        workgroupBarrier();
+    }
+    let total = partial[0];
+    let mean = total.y;
+    let rstd = inverseSqrt(total.z / total.x + p.eps);
 
-    for (var i = tid; i < len; i += 256u) {
-        let c = g * per_group + i / p.spatial;
-        var y = (f32(x[base + i]) - mean) * rstd * f32(gamma[c]) + f32(beta[c]);
+    let g = group.y % p.groups;
+    let first = group.x * CHUNK;
+    let start = group.y * len + first;
+    for (var i = tid; i < min(CHUNK, len - first); i += 256u) {
+        let c = g * per_group + (first + i) / p.spatial;
+        var y = (f32(x[start + i]) - mean) * rstd * f32(gamma[c]) + f32(beta[c]);
         if (p.silu != 0u) { y = y / (1.0 + exp(-y)); }
-        out[base + i] = ELEM(y);
+        out[start + i] = ELEM(y);
     }
 }

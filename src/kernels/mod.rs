@@ -3,9 +3,16 @@
 //! through cubecl's precompiled-kernel path, on the same queue as burn's own operations, so no
 //! synchronisation is needed around them.
 //!
-//! - `conv2d`: tiled implicit-GEMM convolution (bias fused), instead of burn's direct kernel
-//!   that has no shared-memory tiling and accumulates in the storage dtype.
-//! - `group_norm`: GroupNorm (+ SiLU) in one launch instead of about ten.
+//! - `conv2d`: tiled implicit-GEMM convolution, instead of burn's direct kernel that has no
+//!   shared-memory tiling and accumulates in the storage dtype. Its epilogue adds the bias (per
+//!   batch, to fold in the timestep embedding) and a residual, and divides: a resnet's tail.
+//! - `linear`: the same GEMM on channels-last rows, bias and residual fused, instead of burn's
+//!   matmul followed by one launch per add. With one side channels first and the other last,
+//!   it is also the transformers' 1x1 `proj_in`/`proj_out`, so no transposes surround them.
+//! - `group_norm`: GroupNorm (+ SiLU) in two launches instead of about ten, each group spread
+//!   over many workgroups.
+//! - `layer_norm`: LayerNorm in one launch instead of about ten.
+//! - `geglu`: the feed-forward's `hidden * gelu(gate)` in one launch instead of six.
 //! - `attention`: multi-head attention with an online softmax (no score matrix), reading the
 //!   heads straight out of the projections' channels.
 
@@ -18,9 +25,12 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 
-const CONV2D: &str = include_str!("conv2d.wgsl");
+const GEMM: &str = include_str!("gemm.wgsl");
+const GROUP_NORM_STATS: &str = include_str!("group_norm_stats.wgsl");
 const GROUP_NORM: &str = include_str!("group_norm.wgsl");
 const ATTENTION: &str = include_str!("attention.wgsl");
+const LAYER_NORM: &str = include_str!("layer_norm.wgsl");
+const GEGLU: &str = include_str!("geglu.wgsl");
 
 /// A WGSL compute shader with `ELEM` standing for the storage type (and `ENABLE_F16` for the
 /// `enable f16;` directive it then needs), and named constants fixed per compiled variant.
@@ -85,51 +95,204 @@ fn is_f16(operands: &[&CubeTensor]) -> bool {
     }
 }
 
+type Handle = burn_cubecl::cubecl::server::Handle;
+
 /// Launches `kernel` over `count` workgroups with `buffers` bound in order (group 0).
-fn launch(client: &Client, kernel: WgslKernel, count: CubeCount, buffers: [burn_cubecl::cubecl::server::Handle; 5]) {
+fn launch<const N: usize>(client: &Client, kernel: WgslKernel, count: CubeCount, buffers: [Handle; N]) {
     let arguments = buffers.into_iter().fold(KernelArguments::new(), |a, handle| a.with_buffer(handle.binding()));
     client.launch(Box::new(kernel), count, arguments);
 }
 
+/// Workgroups per row of a large one-dimensional dispatch: WebGPU allows at most 65,535 per
+/// dimension, so longer ones continue on further rows (the shaders compute
+/// `group.x + group.y * 32768u`).
+const WORKGROUPS_PER_ROW: u32 = 32768;
+
+/// A dispatch of `workgroups` workgroups in rows of `WORKGROUPS_PER_ROW`.
+fn grid(workgroups: u32) -> CubeCount {
+    CubeCount::Static(workgroups.min(WORKGROUPS_PER_ROW), workgroups.div_ceil(WORKGROUPS_PER_ROW), 1)
+}
+
+/// A placeholder for an absent optional operand (a binding cannot be left empty).
+fn absent(client: &Client) -> Handle {
+    client.create_from_slice(&[0u8; 4])
+}
+
 /// A storage buffer holding 32-bit parameters (a struct of u32/f32 fields in the shader).
-fn params(client: &Client, words: &[u32]) -> burn_cubecl::cubecl::server::Handle {
+fn params(client: &Client, words: &[u32]) -> Handle {
     client.create_from_slice(&words.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>())
 }
 
-/// Pixel tiles per row of the conv2d dispatch grid (`conv2d.wgsl` reads it the same way).
-const PIXEL_TILES_PER_ROW: u32 = 32768;
+/// What `conv2d` does to each output before storing it: `(conv + bias + residual) / divisor`.
+pub struct Epilogue {
+    /// `[1, O]`, or `[B, O]` for a bias per batch item (a resnet's timestep embedding).
+    pub bias: Option<Tensor<2>>,
+    /// `[B, O, H', W']`, the output's shape.
+    pub residual: Option<Tensor<4>>,
+    pub divisor: f32,
+}
+
+impl Epilogue {
+    /// Just the layer's own bias.
+    pub fn bias(bias: Option<Tensor<1>>) -> Self {
+        Self { bias: bias.map(|b| b.unsqueeze()), residual: None, divisor: 1.0 }
+    }
+}
 
 /// `conv2d` with a square `kernel`, `stride`, `padding`, groups 1 and dilation 1, on
-/// `x` `[B, C, H, W]` and `weight` `[O, C, k, k]` of the same dtype.
-pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, stride: usize, padding: usize) -> Tensor<4> {
+/// `x` `[B, C, H, W]` and `weight` `[O, C, k, k]` of the same dtype, then `epilogue`.
+pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, stride: usize, padding: usize, epilogue: Epilogue) -> Tensor<4> {
     let [batch, channels, height, width] = x.dims();
     let [out_channels, in_channels, kernel, kernel_w] = weight.dims();
     assert!(in_channels == channels && kernel == kernel_w, "conv2d: weight {:?} for input {:?}", weight.dims(), x.dims());
     let out_height = (height + 2 * padding - kernel) / stride + 1;
     let out_width = (width + 2 * padding - kernel) / stride + 1;
-    let (x, weight) = (cube(x), cube(weight));
-    let client = x.client.clone();
-    let bias = bias.map(cube);
-    let f16 = is_f16(&[&x, &weight].into_iter().chain(bias.as_ref()).collect::<Vec<_>>());
-    let has_bias = bias.is_some() as u32;
-    let bias_handle = match bias {
-        Some(b) => b.handle,
-        None => client.create_from_slice(&[0u8; 4]),
-    };
     let shape = [batch, out_channels, out_height, out_width];
-    let out = empty_device_contiguous_dtype(client.clone(), x.device.clone(), burn::tensor::Shape::new(shape), x.dtype);
-    let words = [batch, channels, height, width, out_channels, out_height, out_width, kernel, stride, padding]
-        .map(|v| v as u32);
-    let p = params(&client, &[&words[..], &[has_bias, 0]].concat());
-    let columns = (batch * out_height * out_width) as u32;
-    let kernel = WgslKernel::new("conv2d", CONV2D, f16, Dim3::new_2d(16, 16));
-    // Pixel tiles beyond WebGPU's 65,535 workgroups per dimension (a 2048x2048 output has
-    // 65,536) continue along z.
-    let tiles = columns.div_ceil(64);
-    let count = CubeCount::Static(tiles.min(PIXEL_TILES_PER_ROW), (out_channels as u32).div_ceil(64), tiles.div_ceil(PIXEL_TILES_PER_ROW));
-    launch(&client, kernel, count, [x.handle, weight.handle, bias_handle, out.handle.clone(), p]);
-    Tensor::from_primitive::<Cube>(out)
+    let bias_stride = match epilogue.bias.as_ref().map(|b| b.dims()) {
+        None => 0,
+        Some([1, o]) if o == out_channels => 0,
+        Some([b, o]) if b == batch && o == out_channels => out_channels,
+        Some(dims) => panic!("conv2d: bias {dims:?} for output {shape:?}"),
+    };
+    if let Some(residual) = &epilogue.residual {
+        assert_eq!(residual.dims(), shape, "conv2d: residual for output {shape:?}");
+    }
+    let geometry = [batch, channels, height, width, out_channels, out_height, out_width, kernel, stride, padding];
+    let gemm = Gemm {
+        x: cube(x),
+        weight: cube(weight),
+        geometry: geometry.map(|v| v as u32),
+        x_tokens: false,
+        out_tokens: false,
+        bias: epilogue.bias.map(cube),
+        bias_stride: bias_stride as u32,
+        residual: epilogue.residual.map(cube),
+        divisor: epilogue.divisor,
+    };
+    Tensor::from_primitive::<Cube>(gemm.run(&shape))
 }
+
+/// PyTorch's `F.linear` on `x` `[.., K]` with `weight` `[O, K]` (the checkpoint's layout) and
+/// `bias` `[O]`, plus `residual` `[.., O]` when given, in one launch.
+pub fn linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tensor<1>>, residual: Option<Tensor<D>>) -> Tensor<D> {
+    let mut shape = x.dims();
+    let [outputs, inputs] = weight.dims();
+    assert_eq!(shape[D - 1], inputs, "linear: weight {:?} for input {shape:?}", weight.dims());
+    shape[D - 1] = outputs;
+    if let Some(residual) = &residual {
+        assert_eq!(residual.dims(), shape, "linear: residual for output {shape:?}");
+    }
+    // A 1x1 convolution over one row of `rows` pixels, with channels last.
+    let rows = shape[..D - 1].iter().product::<usize>();
+    let geometry = [1, inputs, 1, rows, outputs, 1, rows, 1, 1, 0];
+    let gemm = Gemm {
+        x: cube(x),
+        weight: cube(weight),
+        geometry: geometry.map(|v| v as u32),
+        x_tokens: true,
+        out_tokens: true,
+        bias: bias.map(cube),
+        bias_stride: 0,
+        residual: residual.map(cube),
+        divisor: 1.0,
+    };
+    Tensor::from_primitive::<Cube>(gemm.run(&shape))
+}
+
+/// A 1x1 convolution of `x` `[B, C, H, W]` (`weight` `[O, C, 1, 1]`) written as transformer
+/// tokens `[B, H * W, O]`: `proj_in` without the transpose that would follow it.
+pub fn conv1x1_to_tokens(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>) -> Tensor<3> {
+    let [batch, channels, height, width] = x.dims();
+    let [outputs, inputs, 1, 1] = weight.dims() else { panic!("conv1x1_to_tokens: weight {:?}", weight.dims()) };
+    assert_eq!(inputs, channels, "conv1x1_to_tokens: weight {:?} for input {:?}", weight.dims(), x.dims());
+    let gemm = Gemm {
+        x: cube(x),
+        weight: cube(weight),
+        geometry: [batch, channels, height, width, outputs, height, width, 1, 1, 0].map(|v| v as u32),
+        x_tokens: false,
+        out_tokens: true,
+        bias: bias.map(cube),
+        bias_stride: 0,
+        residual: None,
+        divisor: 1.0,
+    };
+    Tensor::from_primitive::<Cube>(gemm.run(&[batch, height * width, outputs]))
+}
+
+/// A 1x1 convolution (`weight` `[O, C, 1, 1]`) of transformer tokens `[B, H * W, C]` back to
+/// `[B, O, H, W]`, plus `residual` of that shape: `proj_out` and the transformer's residual,
+/// without the transpose before them.
+pub fn conv1x1_from_tokens(
+    tokens: Tensor<3>,
+    [height, width]: [usize; 2],
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    residual: Option<Tensor<4>>,
+) -> Tensor<4> {
+    let [batch, length, channels] = tokens.dims();
+    let [outputs, inputs, 1, 1] = weight.dims() else { panic!("conv1x1_from_tokens: weight {:?}", weight.dims()) };
+    assert!(inputs == channels && length == height * width, "conv1x1_from_tokens: weight {:?} for tokens {:?}", weight.dims(), tokens.dims());
+    let shape = [batch, outputs, height, width];
+    if let Some(residual) = &residual {
+        assert_eq!(residual.dims(), shape, "conv1x1_from_tokens: residual for output {shape:?}");
+    }
+    let gemm = Gemm {
+        x: cube(tokens),
+        weight: cube(weight),
+        geometry: [batch, channels, height, width, outputs, height, width, 1, 1, 0].map(|v| v as u32),
+        x_tokens: true,
+        out_tokens: false,
+        bias: bias.map(cube),
+        bias_stride: 0,
+        residual: residual.map(cube),
+        divisor: 1.0,
+    };
+    Tensor::from_primitive::<Cube>(gemm.run(&shape))
+}
+
+/// One launch of `gemm.wgsl`: a convolution in the shader's geometry (batch, channels, height,
+/// width, out channels, out height, out width, kernel, stride, padding), input and output each
+/// channels first or (`x_tokens`, `out_tokens`) channels last, then the epilogue.
+struct Gemm {
+    x: CubeTensor,
+    weight: CubeTensor,
+    geometry: [u32; 10],
+    x_tokens: bool,
+    out_tokens: bool,
+    bias: Option<CubeTensor>,
+    bias_stride: u32,
+    residual: Option<CubeTensor>,
+    divisor: f32,
+}
+
+impl Gemm {
+    fn run(self, shape: &[usize]) -> CubeTensor {
+        let Self { x, weight, geometry, x_tokens, out_tokens, bias, bias_stride, residual, divisor } = self;
+        let client = x.client.clone();
+        let f16 = is_f16(&[&x, &weight].into_iter().chain(bias.as_ref()).chain(residual.as_ref()).collect::<Vec<_>>());
+        let flags = [bias.is_some() as u32, bias_stride, residual.is_some() as u32, divisor.to_bits()];
+        let bias = bias.map_or_else(|| absent(&client), |b| b.handle);
+        let residual = residual.map_or_else(|| absent(&client), |r| r.handle);
+        let out = empty_device_contiguous_dtype(client.clone(), x.device.clone(), burn::tensor::Shape::from(shape.to_vec()), x.dtype);
+        let p = params(&client, &[&geometry[..], &flags, &[0, 0]].concat());
+        let mut kernel = WgslKernel::new("gemm", GEMM, f16, Dim3::new_2d(16, 16));
+        kernel.constants = vec![("X_LAYOUT", x_tokens as u32), ("OUT_LAYOUT", out_tokens as u32)];
+        // Column (pixel) tiles along x (beyond 65,535 workgroups, as a 2048x2048 output has, on
+        // rows of z), output-channel tiles along y.
+        let [batch, _, _, _, out_channels, out_height, out_width, ..] = geometry;
+        let column_tiles = (batch * out_height * out_width).div_ceil(64);
+        let count = CubeCount::Static(
+            column_tiles.min(WORKGROUPS_PER_ROW),
+            out_channels.div_ceil(64),
+            column_tiles.div_ceil(WORKGROUPS_PER_ROW),
+        );
+        launch(&client, kernel, count, [x.handle, weight.handle, bias, residual, out.handle.clone(), p]);
+        out
+    }
+}
+
+/// Values of one (batch, group) per GroupNorm workgroup: 16 per thread.
+const GROUP_NORM_CHUNK: u32 = 4096;
 
 /// GroupNorm of `x` `[B, C, H, W]` with `groups` groups, affine `gamma`/`beta` `[C]`,
 /// statistics in f32, optionally followed by SiLU.
@@ -139,11 +302,53 @@ pub fn group_norm(x: Tensor<4>, gamma: Tensor<1>, beta: Tensor<1>, groups: usize
     let (x, gamma, beta) = (cube(x), cube(gamma), cube(beta));
     let client = x.client.clone();
     let f16 = is_f16(&[&x, &gamma, &beta]);
+    let chunks = (channels / groups * height * width).div_ceil(GROUP_NORM_CHUNK as usize);
+    let stats = empty_device_contiguous_dtype(client.clone(), x.device.clone(), burn::tensor::Shape::new([batch * groups * chunks * 2]), DType::F32);
     let out = empty_device_contiguous_dtype(client.clone(), x.device.clone(), x.meta.shape().clone(), x.dtype);
-    let p = params(&client, &[channels as u32, (height * width) as u32, groups as u32, silu as u32, (eps as f32).to_bits(), 0, 0, 0]);
-    let kernel = WgslKernel::new("group_norm", GROUP_NORM, f16, Dim3::new_1d(256));
-    let count = CubeCount::Static((batch * groups) as u32, 1, 1);
-    launch(&client, kernel, count, [x.handle, gamma.handle, beta.handle, out.handle.clone(), p]);
+    let words = [channels, height * width, groups, silu as usize, 0, chunks, 0, 0].map(|v| v as u32);
+    let p = params(&client, &[&words[..4], &[(eps as f32).to_bits()], &words[5..]].concat());
+    // One workgroup per (chunk, batch and group) in both passes.
+    let count = || CubeCount::Static(chunks as u32, (batch * groups) as u32, 1);
+    let kernel = |name, template| {
+        let mut kernel = WgslKernel::new(name, template, f16, Dim3::new_1d(256));
+        kernel.constants = vec![("CHUNK_VALUES", GROUP_NORM_CHUNK)];
+        kernel
+    };
+    launch(&client, kernel("group_norm_stats", GROUP_NORM_STATS), count(), [x.handle.clone(), stats.handle.clone(), p.clone()]);
+    launch(&client, kernel("group_norm", GROUP_NORM), count(), [x.handle, gamma.handle, beta.handle, stats.handle, out.handle.clone(), p]);
+    Tensor::from_primitive::<Cube>(out)
+}
+
+/// LayerNorm over the last dimension of `x`, affine `gamma`/`beta` of that width, statistics
+/// in f32 (as PyTorch's autocast computes it).
+pub fn layer_norm<const D: usize>(x: Tensor<D>, gamma: Tensor<1>, beta: Tensor<1>, eps: f64) -> Tensor<D> {
+    let dim = x.dims()[D - 1];
+    let rows = x.shape().num_elements() / dim;
+    assert!(gamma.dims() == [dim] && beta.dims() == [dim], "layer_norm: affine {:?} for input {:?}", gamma.dims(), x.dims());
+    let (x, gamma, beta) = (cube(x), cube(gamma), cube(beta));
+    let client = x.client.clone();
+    let f16 = is_f16(&[&x, &gamma, &beta]);
+    let out = empty_device_contiguous_dtype(client.clone(), x.device.clone(), x.meta.shape().clone(), x.dtype);
+    let p = params(&client, &[rows as u32, dim as u32, (eps as f32).to_bits(), 0]);
+    let kernel = WgslKernel::new("layer_norm", LAYER_NORM, f16, Dim3::new_1d(64));
+    launch(&client, kernel, grid(rows as u32), [x.handle, gamma.handle, beta.handle, out.handle.clone(), p]);
+    Tensor::from_primitive::<Cube>(out)
+}
+
+/// diffusers' GEGLU tail on a projection `[.., 2 * inner]`: `hidden * gelu(gate)` with
+/// `hidden, gate` its two halves and the exact (erf) GELU; `[.., inner]` out.
+pub fn geglu<const D: usize>(projected: Tensor<D>) -> Tensor<D> {
+    let mut shape = projected.dims();
+    assert!(shape[D - 1].is_multiple_of(2), "geglu: odd width {shape:?}");
+    shape[D - 1] /= 2;
+    let (inner, rows) = (shape[D - 1], shape[..D - 1].iter().product::<usize>());
+    let x = cube(projected);
+    let client = x.client.clone();
+    let f16 = is_f16(&[&x]);
+    let out = empty_device_contiguous_dtype(client.clone(), x.device.clone(), burn::tensor::Shape::new(shape), x.dtype);
+    let p = params(&client, &[rows as u32, inner as u32]);
+    let kernel = WgslKernel::new("geglu", GEGLU, f16, Dim3::new_1d(256));
+    launch(&client, kernel, grid(((rows * inner) as u32).div_ceil(256)), [x.handle, out.handle.clone(), p]);
     Tensor::from_primitive::<Cube>(out)
 }
 
@@ -157,7 +362,7 @@ pub fn attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -> Tens
     // Up to 256 dims a thread holds its query and whole output row; wider heads (the VAE's 512)
     // reread the query and split the output into chunks of at most 128 dims.
     let in_registers = head_dim <= 256;
-    let chunk = if in_registers { head_dim } else { (1..=128).rev().find(|c| head_dim % c == 0).unwrap() };
+    let chunk = if in_registers { head_dim } else { (1..=128).rev().find(|c| head_dim.is_multiple_of(*c)).unwrap() };
     // Key tiles and value-chunk tiles in f32 fit 12 KiB of workgroup memory (of WebGPU's 16).
     let tile = (3072 / (head_dim + chunk)).clamp(1, 64);
     let (q, k, v) = (cube(q), cube(k), cube(v));
@@ -192,12 +397,30 @@ pub fn group_norm_stock(x: Tensor<4>, gamma: Tensor<1>, beta: Tensor<1>, groups:
     if silu { burn::tensor::activation::silu(y) } else { y }
 }
 
+/// LayerNorm from burn's stock operations in f32, the way `layers` computed it before
+/// `layer_norm`: the benchmark's baseline.
+pub fn layer_norm_stock<const D: usize>(x: Tensor<D>, gamma: Tensor<1>, beta: Tensor<1>, eps: f64) -> Tensor<D> {
+    use burn::tensor::FloatDType::F32;
+    let dtype = x.dtype();
+    burn::tensor::module::layer_norm(x.cast(F32), gamma.cast(F32), Some(beta.cast(F32)), eps).cast(dtype)
+}
+
+/// GEGLU from burn's stock operations, the way `FeedForward` computed it before `geglu`: the
+/// benchmark's baseline.
+pub fn geglu_stock<const D: usize>(projected: Tensor<D>) -> Tensor<D> {
+    let mut halves = projected.chunk(2, D - 1);
+    let gate = halves.pop().unwrap();
+    let hidden = halves.pop().unwrap();
+    hidden * burn::tensor::activation::gelu(gate)
+}
+
 #[cfg(test)]
 mod tests {
     use burn::tensor::module::conv2d as stock_conv2d;
     use burn::tensor::ops::ConvOptions;
     use burn::tensor::{DType, Tensor, TensorData};
 
+    use super::Epilogue;
     use crate::gpu::{ComputeDType, DTypeChoice, Gpu};
     use crate::testing::{assert_close, conv2d_reference, gpu_test, read, shared_gpu, values};
 
@@ -224,7 +447,7 @@ mod tests {
             let bias = if has_bias { values(ws[0], seed + 2) } else { vec![0.0; ws[0]] };
             let (expected, shape) = conv2d_reference(&x, xs, &w, ws, &bias, stride, padding);
             let b = has_bias.then(|| upload(gpu, &bias, [ws[0]]));
-            let ours = super::conv2d(upload(gpu, &x, xs), upload(gpu, &w, ws), b.clone(), stride, padding);
+            let ours = super::conv2d(upload(gpu, &x, xs), upload(gpu, &w, ws), stride, padding, Epilogue::bias(b.clone()));
             assert_eq!(ours.dims(), shape, "case {i}");
             let ours = read(ours).await;
             assert_close(&ours, &expected, tolerance, tolerance);
@@ -236,16 +459,84 @@ mod tests {
         }
     }
 
+    /// A resnet's tail: a bias per (batch, out channel), a residual and a divisor, across tile
+    /// edges (70 out channels, 99 pixels per item).
+    async fn check_conv2d_epilogue(gpu: &Gpu, tolerance: f32) {
+        let (xs, ws) = ([2, 6, 9, 11], [70, 6, 3, 3]);
+        let (x, w) = (values(xs.iter().product(), 60), values(ws.iter().product(), 61));
+        let (bias, residual) = (values(2 * 70, 62), values(2 * 70 * 99, 63));
+        let (conv, shape) = conv2d_reference(&x, xs, &w, ws, &[0.0; 70], 1, 1);
+        let expected: Vec<f32> =
+            conv.iter().zip(&residual).enumerate().map(|(i, (c, r))| (c + bias[i / 99] + r) / 2.0).collect();
+        let epilogue = Epilogue { bias: Some(upload(gpu, &bias, [2, 70])), residual: Some(upload(gpu, &residual, shape)), divisor: 2.0 };
+        let ours = super::conv2d(upload(gpu, &x, xs), upload(gpu, &w, ws), 1, 1, epilogue);
+        assert_close(&read(ours).await, &expected, tolerance, tolerance);
+    }
+
+    /// Rows, inputs and outputs across the tile edges, 3-D input, with and without bias and
+    /// residual: against the CPU and, in f32, burn's stock `linear` (plus the residual).
+    async fn check_linear(gpu: &Gpu, tolerance: f32) {
+        for (i, (rows, inputs, outputs, has_bias, has_residual)) in
+            [(70, 20, 9, true, false), (5, 33, 130, false, true), (130, 64, 64, true, true)].into_iter().enumerate()
+        {
+            let seed = 500 + 10 * i as u32;
+            let (x, w) = (values(rows * inputs, seed), values(outputs * inputs, seed + 1));
+            let (bias, residual) = (values(outputs, seed + 2), values(rows * outputs, seed + 3));
+            let expected: Vec<f32> = (0..rows * outputs)
+                .map(|index| {
+                    let (r, o) = (index / outputs, index % outputs);
+                    let dot: f32 = (0..inputs).map(|k| x[r * inputs + k] * w[o * inputs + k]).sum();
+                    dot + if has_bias { bias[o] } else { 0.0 } + if has_residual { residual[index] } else { 0.0 }
+                })
+                .collect();
+            let b = has_bias.then(|| upload(gpu, &bias, [outputs]));
+            let res = has_residual.then(|| upload(gpu, &residual, [1, rows, outputs]));
+            let ours = super::linear(upload(gpu, &x, [1, rows, inputs]), upload(gpu, &w, [outputs, inputs]), b.clone(), res.clone());
+            assert_eq!(ours.dims(), [1, rows, outputs]);
+            let ours = read(ours).await;
+            assert_close(&ours, &expected, tolerance, tolerance);
+            if gpu.capabilities.compute_dtype == ComputeDType::F32 {
+                let stock = burn::tensor::module::linear(upload(gpu, &x, [1, rows, inputs]), upload(gpu, &w, [outputs, inputs]).transpose(), b);
+                let stock = match res {
+                    Some(r) => stock + r,
+                    None => stock,
+                };
+                assert_close(&ours, &read(stock).await, tolerance, tolerance);
+            }
+        }
+    }
+
+    /// The transformers' 1x1 convolutions into and out of tokens, across tile edges (70 out
+    /// channels, 2 x 35 pixels): the channels-first reference, transposed.
+    async fn check_conv1x1_tokens(gpu: &Gpu, tolerance: f32) {
+        let (b, c, h, w, o) = (2, 20, 5, 7, 70);
+        let (x, weight, bias) = (values(b * c * h * w, 70), values(o * c, 71), values(o, 72));
+        let to_tokens = |nchw: &[f32], channels: usize| -> Vec<f32> {
+            (0..b * h * w * channels).map(|i| nchw[(i / (h * w * channels) * channels + i % channels) * h * w + i / channels % (h * w)]).collect()
+        };
+        let (conv, _) = conv2d_reference(&x, [b, c, h, w], &weight, [o, c, 1, 1], &bias, 1, 0);
+        let ours = super::conv1x1_to_tokens(upload(gpu, &x, [b, c, h, w]), upload(gpu, &weight, [o, c, 1, 1]), Some(upload(gpu, &bias, [o])));
+        assert_eq!(ours.dims(), [b, h * w, o]);
+        assert_close(&read(ours).await, &to_tokens(&conv, o), tolerance, tolerance);
+
+        let residual = values(b * o * h * w, 73);
+        let expected: Vec<f32> = conv.iter().zip(&residual).map(|(v, r)| v + r).collect();
+        let tokens = upload(gpu, &to_tokens(&x, c), [b, h * w, c]);
+        let ours = super::conv1x1_from_tokens(tokens, [h, w], upload(gpu, &weight, [o, c, 1, 1]), Some(upload(gpu, &bias, [o])), Some(upload(gpu, &residual, [b, o, h, w])));
+        assert_close(&read(ours).await, &expected, tolerance, tolerance);
+    }
+
     /// PyTorch's GroupNorm on the CPU: per (batch, group) mean and centred variance.
     fn group_norm_reference(x: &[f32], [b, c, h, w]: [usize; 4], gamma: &[f32], beta: &[f32], groups: usize, silu: bool) -> Vec<f32> {
         let len = c / groups * h * w;
         let mut out = vec![0.0; x.len()];
         for (start, chunk) in (0..b * groups).map(|i| (i * len, &x[i * len..(i + 1) * len])) {
-            let mean = chunk.iter().sum::<f32>() / len as f32;
-            let var = chunk.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / len as f32;
+            // f64 sums: the largest case has 17,920 values per group.
+            let mean = chunk.iter().map(|v| *v as f64).sum::<f64>() / len as f64;
+            let var = chunk.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>() / len as f64;
             for (k, v) in chunk.iter().enumerate() {
                 let channel = (start + k) / (h * w) % c;
-                let y = (v - mean) / (var + 1e-5).sqrt() * gamma[channel] + beta[channel];
+                let y = ((*v as f64 - mean) / (var + 1e-5).sqrt()) as f32 * gamma[channel] + beta[channel];
                 out[start + k] = if silu { y / (1.0 + (-y).exp()) } else { y };
             }
         }
@@ -253,13 +544,16 @@ mod tests {
     }
 
     async fn check_group_norm(gpu: &Gpu, tolerance: f32) {
-        for (i, (shape, groups, silu)) in [([2, 6, 5, 7], 3, false), ([1, 32, 9, 4], 8, true), ([3, 4, 1, 1], 2, true), ([1, 8, 40, 40], 2, true)]
+        for (i, (shape, groups, silu)) in [([2, 6, 5, 7], 3, false), ([1, 32, 9, 4], 8, true), ([3, 4, 1, 1], 2, true), ([1, 8, 40, 40], 2, true), ([2, 4, 64, 70], 1, false)]
             .into_iter()
             .enumerate()
         {
             let seed = 100 + 10 * i as u32;
             let c = shape[1];
-            let x: Vec<f32> = values(shape.iter().product(), seed).iter().map(|v| 3.0 * v + 0.5).collect();
+            // A different mean per channel, so the chunks of a group differ.
+            let spatial = shape[2] * shape[3];
+            let x: Vec<f32> =
+                values(shape.iter().product(), seed).iter().enumerate().map(|(i, v)| 3.0 * v + 0.5 + (i / spatial % c) as f32).collect();
             let (gamma, beta) = (values(c, seed + 1), values(c, seed + 2));
             let expected = group_norm_reference(&x, shape, &gamma, &beta, groups, silu);
             let ours = super::group_norm(upload(gpu, &x, shape), upload(gpu, &gamma, [c]), upload(gpu, &beta, [c]), groups, 1e-5, silu);
@@ -270,16 +564,83 @@ mod tests {
         }
     }
 
+    /// PyTorch's LayerNorm on the CPU: per row mean and centred variance.
+    fn layer_norm_reference(x: &[f32], dim: usize, gamma: &[f32], beta: &[f32]) -> Vec<f32> {
+        x.chunks(dim)
+            .flat_map(|row| {
+                let mean = row.iter().sum::<f32>() / dim as f32;
+                let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim as f32;
+                row.iter().enumerate().map(move |(i, v)| (v - mean) / (var + 1e-5).sqrt() * gamma[i] + beta[i])
+            })
+            .collect()
+    }
+
+    /// Rows narrower and wider than the 64-thread workgroup, one row, and 3-D input.
+    async fn check_layer_norm(gpu: &Gpu, tolerance: f32) {
+        for (i, (rows, dim)) in [(5, 24), (3, 200), (1, 64), (70, 7)].into_iter().enumerate() {
+            let seed = 300 + 10 * i as u32;
+            let x: Vec<f32> = values(rows * dim, seed).iter().map(|v| 3.0 * v + 0.5).collect();
+            let (gamma, beta) = (values(dim, seed + 1), values(dim, seed + 2));
+            let expected = layer_norm_reference(&x, dim, &gamma, &beta);
+            let shape = [1, rows, dim];
+            let ours = super::layer_norm(upload(gpu, &x, shape), upload(gpu, &gamma, [dim]), upload(gpu, &beta, [dim]), 1e-5);
+            assert_close(&read(ours).await, &expected, tolerance, tolerance);
+            let stock = super::layer_norm_stock(upload(gpu, &x, shape), upload(gpu, &gamma, [dim]), upload(gpu, &beta, [dim]), 1e-5);
+            assert_close(&read(stock).await, &expected, tolerance, tolerance);
+        }
+    }
+
+    /// erf from its Maclaurin series in f64 (exact to ~1e-12 for |x| < 3; beyond, ±1 in f32).
+    fn erf_reference(x: f32) -> f32 {
+        let x = x as f64;
+        if x.abs() >= 5.0 {
+            return x.signum() as f32;
+        }
+        let (mut term, mut sum) = (x, x);
+        for n in 1..200 {
+            term *= -x * x / n as f64;
+            sum += term / (2 * n + 1) as f64;
+        }
+        (sum * 2.0 / std::f64::consts::PI.sqrt()) as f32
+    }
+
+    /// Widths across the 256-thread workgroups, gates from -6 to 6.
+    async fn check_geglu(gpu: &Gpu, tolerance: f32) {
+        for (i, (rows, inner)) in [(3, 5), (2, 300), (17, 64)].into_iter().enumerate() {
+            let x: Vec<f32> = values(rows * 2 * inner, 400 + i as u32).iter().map(|v| 6.0 * v).collect();
+            let expected: Vec<f32> = (0..rows * inner)
+                .map(|o| {
+                    let (r, c) = (o / inner, o % inner);
+                    let (hidden, gate) = (x[2 * r * inner + c], x[(2 * r + 1) * inner + c]);
+                    hidden * 0.5 * gate * (1.0 + erf_reference(gate / std::f32::consts::SQRT_2))
+                })
+                .collect();
+            let shape = [rows, 1, 2 * inner];
+            let ours = super::geglu(upload(gpu, &x, shape));
+            assert_eq!(ours.dims(), [rows, 1, inner]);
+            assert_close(&read(ours).await, &expected, tolerance, tolerance);
+            assert_close(&read(super::geglu_stock(upload(gpu, &x, shape))).await, &expected, tolerance, tolerance);
+        }
+    }
+
     /// naga's parser and validator (what wgpu runs natively) accept every shader in both
     /// storage types, with readable messages when they do not.
     #[cfg(not(target_arch = "wasm32"))]
     #[test]
     fn shaders_are_valid_wgsl() {
         use burn::tensor::wgpu::wgpu::naga;
-        for (name, template) in [("conv2d", super::CONV2D), ("group_norm", super::GROUP_NORM), ("attention", super::ATTENTION)] {
+        let shaders = [
+            ("gemm", super::GEMM),
+            ("group_norm_stats", super::GROUP_NORM_STATS),
+            ("group_norm", super::GROUP_NORM),
+            ("layer_norm", super::LAYER_NORM),
+            ("geglu", super::GEGLU),
+            ("attention", super::ATTENTION),
+        ];
+        for (name, template) in shaders {
             for f16 in [false, true] {
                 let mut kernel = super::WgslKernel::new(name, template, f16, super::Dim3::new_single());
-                kernel.constants = vec![("HEAD_DIM", 512), ("CHUNK_DIM", 128), ("TILE_KEYS", 4), ("QUERY_IN_REGISTERS", 0)];
+                kernel.constants = vec![("HEAD_DIM", 512), ("CHUNK_DIM", 128), ("TILE_KEYS", 4), ("QUERY_IN_REGISTERS", 0), ("X_LAYOUT", 1), ("OUT_LAYOUT", 0), ("CHUNK_VALUES", 4096)];
                 let source = kernel.source();
                 let module = naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&source)));
                 let mut validator = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all());
@@ -342,7 +703,12 @@ mod tests {
         async fn f32_kernels_match_the_cpu_and_burns_stock_ops() {
             let gpu = shared_gpu(DTypeChoice::Exactly(ComputeDType::F32)).await;
             check_conv2d(&gpu, 1e-4).await;
+            check_conv2d_epilogue(&gpu, 1e-4).await;
+            check_linear(&gpu, 1e-4).await;
+            check_conv1x1_tokens(&gpu, 1e-4).await;
             check_group_norm(&gpu, 1e-4).await;
+            check_layer_norm(&gpu, 1e-4).await;
+            check_geglu(&gpu, 1e-4).await;
             check_attention(&gpu, 1e-4).await;
         }
     }
@@ -356,7 +722,12 @@ mod tests {
             }
             let gpu = shared_gpu(DTypeChoice::Exactly(ComputeDType::F16)).await;
             check_conv2d(&gpu, 3e-2).await;
+            check_conv2d_epilogue(&gpu, 3e-2).await;
+            check_linear(&gpu, 3e-2).await;
+            check_conv1x1_tokens(&gpu, 3e-2).await;
             check_group_norm(&gpu, 3e-2).await;
+            check_layer_norm(&gpu, 3e-2).await;
+            check_geglu(&gpu, 3e-2).await;
             check_attention(&gpu, 3e-2).await;
         }
     }
