@@ -62,6 +62,15 @@ impl Attention {
         self.to_out.forward_residual(self.attend(q, k, v), residual)
     }
 
+    /// Self-attention over the pixels of `x` `[B, C, H, W]`, plus `residual` of that shape (the
+    /// VAE's mid-block attention), with no transposes to tokens and back.
+    pub fn forward_self_pixels(&self, x: Tensor<4>, residual: Tensor<4>) -> Tensor<4> {
+        let [_, _, h, w] = x.dims();
+        let project = |linear: &Linear| linear.forward_pixels_to_tokens(x.clone());
+        let (q, k, v) = (project(&self.to_q), project(&self.to_k), project(&self.to_v));
+        self.to_out.forward_tokens_to_pixels(self.attend(q, k, v), [h, w], residual)
+    }
+
     /// Cross-attention of `x` over `context` `[B, T, context_dim]`, plus `residual`.
     pub fn forward_cross(&self, x: Tensor<3>, context: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
         let [b, l, _] = x.dims();

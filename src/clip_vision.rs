@@ -2,7 +2,6 @@
 //! `pre_layrnorm`, pre-norm encoder layers (quick-GELU MLP), `post_layernorm` of the class token,
 //! and the bias-free `visual_projection` to `image_embeds`.
 
-use burn::tensor::activation::sigmoid;
 use burn::tensor::{Tensor, s};
 
 use crate::attention::Attention;
@@ -33,8 +32,7 @@ impl EncoderLayer {
 
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let x = self.self_attn.forward_self(self.layer_norm1.forward(x.clone()), x);
-        let h = self.fc1.forward(self.layer_norm2.forward(x.clone()));
-        let h = h.clone() * sigmoid(h.mul_scalar(1.702)); // quick_gelu
+        let h = self.fc1.forward_quick_gelu(self.layer_norm2.forward(x.clone()));
         self.fc2.forward_residual(h, x)
     }
 }

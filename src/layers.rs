@@ -1,6 +1,6 @@
 //! The PyTorch layers the models are built from (`nn.Linear`, `nn.Conv2d`, `nn.GroupNorm`,
 //! `nn.LayerNorm`), loaded by checkpoint name. Norm statistics are computed in f32 whatever the
-//! compute dtype, as PyTorch's autocast does. Convolution and the norms run on our own kernels.
+//! compute dtype, as PyTorch's autocast does. All of them run on our own kernels (`kernels`).
 
 use burn::tensor::Tensor;
 
@@ -25,9 +25,38 @@ impl Linear {
         kernels::linear(x, self.weight.clone(), self.bias.clone(), None)
     }
 
+    /// `quick_gelu(forward(x))` in one launch (CLIP's MLP).
+    pub fn forward_quick_gelu<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        kernels::linear_quick_gelu(x, self.weight.clone(), self.bias.clone())
+    }
+
     /// `forward(x) + residual` in one launch.
     pub fn forward_residual<const D: usize>(&self, x: Tensor<D>, residual: Tensor<D>) -> Tensor<D> {
         kernels::linear(x, self.weight.clone(), self.bias.clone(), Some(residual))
+    }
+
+    /// The layer at every pixel of `[B, C, H, W]`, written as tokens `[B, H * W, O]`: a Linear
+    /// over channels is a 1x1 convolution, so no transpose to tokens comes first.
+    pub fn forward_pixels_to_tokens(&self, x: Tensor<4>) -> Tensor<3> {
+        kernels::conv1x1_to_tokens(x, self.pointwise_weight(), self.bias.clone())
+    }
+
+    /// The layer on tokens `[B, H * W, C]`, written as `[B, O, H, W]` plus `residual`.
+    pub fn forward_tokens_to_pixels(&self, tokens: Tensor<3>, size: [usize; 2], residual: Tensor<4>) -> Tensor<4> {
+        kernels::conv1x1_from_tokens(tokens, size, self.pointwise_weight(), self.bias.clone(), Some(residual))
+    }
+
+    /// Adds `extra` to the bias (see `ResnetBlock2D::load`).
+    pub fn add_to_bias(&mut self, extra: Tensor<1>) {
+        self.bias = Some(match self.bias.take() {
+            Some(bias) => bias + extra,
+            None => extra,
+        });
+    }
+
+    fn pointwise_weight(&self) -> Tensor<4> {
+        let [outputs, inputs] = self.weight.dims();
+        self.weight.clone().reshape([outputs, inputs, 1, 1])
     }
 }
 
@@ -73,15 +102,18 @@ impl Conv2d {
         self.convolve(x, Epilogue::bias(self.bias.clone()))
     }
 
-    /// `(conv(x) + shift[b, o] + residual) / divisor` in one launch: a resnet's tail, where
-    /// `shift` `[B, O]` is its projected timestep embedding.
+    /// `(conv(x) + bias + residual) / divisor` in one launch: a resnet's convs. `shift`
+    /// `[B, O]` replaces the layer's own bias, which must then have been taken out into it
+    /// (`take_bias`): the resnet's conv1 adds its projected timestep embedding this way.
     pub fn forward_fused(&self, x: Tensor<4>, shift: Option<Tensor<2>>, residual: Option<Tensor<4>>, divisor: f32) -> Tensor<4> {
-        let own = self.bias.clone().map(|b| b.unsqueeze::<2>());
-        let bias = match (own, shift) {
-            (Some(own), Some(shift)) => Some(shift + own),
-            (own, shift) => own.or(shift),
-        };
+        assert!(shift.is_none() || self.bias.is_none(), "a shifted convolution's bias belongs in the shift");
+        let bias = shift.or_else(|| self.bias.clone().map(|b| b.unsqueeze()));
         self.convolve(x, Epilogue { bias, residual, divisor })
+    }
+
+    /// Removes the bias and returns it, to be added through a shift (`forward_fused`).
+    pub fn take_bias(&mut self) -> Option<Tensor<1>> {
+        self.bias.take()
     }
 
     /// A 1x1 convolution of `[B, C, H, W]` to tokens `[B, H * W, O]` (no transpose after it).

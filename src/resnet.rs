@@ -30,10 +30,19 @@ pub struct ResnetSettings {
 impl ResnetBlock2D {
     pub fn load(w: &mut Weights, name: &str, inputs: usize, outputs: usize, s: ResnetSettings) -> Result<Self, LoadError> {
         let n = |part: &str| format!("{name}.{part}");
+        let mut conv1 = Conv2d::load_3x3(w, &n("conv1"), inputs, outputs)?;
+        let mut time_emb_proj = s.temb_channels.map(|t| Linear::load(w, &n("time_emb_proj"), t, outputs, true)).transpose()?;
+        // conv1's bias and the timestep projection's are both added per (batch, channel): kept
+        // as one, the projection's output is conv1's whole bias and needs no add of its own.
+        if let Some(proj) = &mut time_emb_proj
+            && let Some(bias) = conv1.take_bias()
+        {
+            proj.add_to_bias(bias);
+        }
         Ok(Self {
             norm1: GroupNorm::load(w, &n("norm1"), s.groups, inputs, s.eps)?,
-            conv1: Conv2d::load_3x3(w, &n("conv1"), inputs, outputs)?,
-            time_emb_proj: s.temb_channels.map(|t| Linear::load(w, &n("time_emb_proj"), t, outputs, true)).transpose()?,
+            conv1,
+            time_emb_proj,
             norm2: GroupNorm::load(w, &n("norm2"), s.groups, outputs, s.eps)?,
             conv2: Conv2d::load_3x3(w, &n("conv2"), outputs, outputs)?,
             conv_shortcut: (inputs != outputs).then(|| Conv2d::load_1x1(w, &n("conv_shortcut"), inputs, outputs)).transpose()?,
@@ -45,10 +54,10 @@ impl ResnetBlock2D {
     /// projection is added through conv1's bias, and the shortcut and scaling happen in
     /// conv2's epilogue: no full-size element-wise pass of their own.
     pub fn forward(&self, x: Tensor<4>, temb: Option<&Tensor<2>>) -> Tensor<4> {
-        let shift = match (&self.time_emb_proj, temb) {
-            (Some(proj), Some(temb)) => Some(proj.forward(temb.clone())),
-            _ => None,
-        };
+        let shift = self.time_emb_proj.as_ref().map(|proj| {
+            let temb = temb.expect("a resnet with a timestep projection takes a timestep embedding");
+            proj.forward(temb.clone())
+        });
         let h = self.conv1.forward_fused(self.norm1.forward_silu(x.clone()), shift, None, 1.0);
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(x),

@@ -208,10 +208,7 @@ impl UNetMidBlock2D {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let mut x = self.resnets[0].forward(x, None);
         if let Some((norm, attention)) = &self.attention {
-            let [b, c, h, w] = x.dims();
-            let as_tokens = |t: Tensor<4>| t.reshape([b, c, h * w]).swap_dims(1, 2);
-            let tokens = as_tokens(norm.forward(x.clone()));
-            x = attention.forward_self(tokens, as_tokens(x)).swap_dims(1, 2).reshape([b, c, h, w]);
+            x = attention.forward_self_pixels(norm.forward(x.clone()), x);
         }
         self.resnets[1].forward(x, None)
     }

@@ -1,8 +1,9 @@
 // 2-D convolution (square kernel, groups 1, dilation 1) as a tiled implicit GEMM, and with it
 // Linear (a 1x1 convolution over one row of pixels):
 // out[oc, pixel] = sum_k weight[oc, k] * im2col(x)[k, pixel], k = (ic, ky, kx), the im2col
-// column gathered on the fly; then the epilogue (conv + bias + residual) / divisor, with a bias
-// per out channel or per (batch, out channel). A workgroup computes a 64 (out channels) x 64
+// column gathered on the fly; then the epilogue (act(conv + bias) + residual) / divisor, with a
+// bias per out channel or per (batch, out channel) and act CLIP's quick_gelu where ACTIVATION
+// is 1 (else none). A workgroup computes a 64 (out channels) x 64
 // (pixels) tile in steps of 16 along k, staging both operands in workgroup memory as f32; each
 // of its 16x16 threads accumulates a 4x4 block in f32 registers. `ELEM` is f32 or f16.
 // X_LAYOUT and OUT_LAYOUT (fixed per compiled variant) give the layouts of x and out: 0 for
@@ -13,6 +14,7 @@ ENABLE_F16
 
 const X_TOKENS: u32 = X_LAYOUT;
 const OUT_TOKENS: u32 = OUT_LAYOUT;
+const QUICK_GELU: u32 = ACTIVATION;
 
 // Every binding is read_write: cubecl's pool may place inputs and the output in one wgpu
 // buffer, and a buffer cannot be read-only and writable in the same dispatch.
@@ -108,6 +110,7 @@ fn main(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) g
             if (OUT_TOKENS == 1u) { index = column * p.out_channels + m; }
             var y = acc[i][j];
             if (p.has_bias != 0u) { y += f32(bias[b * p.bias_stride + m]); }
+            if (QUICK_GELU == 1u) { y = y / (1.0 + exp(-1.702 * y)); }
             if (p.has_residual != 0u) { y += f32(residual[index]); }
             out[index] = ELEM(y / p.divisor);
         }

@@ -7,7 +7,7 @@ ENABLE_F16
 // buffer, and a buffer cannot be read-only and writable in the same dispatch.
 struct Params {
     channels: u32, spatial: u32, groups: u32, silu: u32,
-    eps: f32, chunks: u32, _pad0: u32, _pad1: u32,
+    eps: f32, chunks: u32, chunk: u32, _pad: u32,
 }
 
 @group(0) @binding(0) var<storage, read_write> x: array<ELEM>;
@@ -16,8 +16,6 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> stats: array<f32>; // [batch * groups, chunks, 2]
 @group(0) @binding(4) var<storage, read_write> out: array<ELEM>;
 @group(0) @binding(5) var<storage, read_write> p: Params;
-
-const CHUNK: u32 = CHUNK_VALUES;
 
 // (count, mean, sum of squared deviations) per thread.
 var<workgroup> partial: array<vec3<f32>, 256>;
@@ -34,10 +32,11 @@ fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) group:
     let per_group = p.channels / p.groups;
     let len = per_group * p.spatial;
 
+    // At most 256 chunks (mod.rs sizes them so): one per thread.
     var own = vec3<f32>(0.0, 0.0, 0.0);
-    for (var c = tid; c < p.chunks; c += 256u) {
-        let slot = (group.y * p.chunks + c) * 2u;
-        own = combine(own, vec3<f32>(f32(min(CHUNK, len - c * CHUNK)), stats[slot], stats[slot + 1u]));
+    if (tid < p.chunks) {
+        let slot = (group.y * p.chunks + tid) * 2u;
+        own = vec3<f32>(f32(min(p.chunk, len - tid * p.chunk)), stats[slot], stats[slot + 1u]);
     }
     partial[tid] = own;
     workgroupBarrier();
@@ -50,9 +49,9 @@ fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) group:
     let rstd = inverseSqrt(total.z / total.x + p.eps);
 
     let g = group.y % p.groups;
-    let first = group.x * CHUNK;
+    let first = group.x * p.chunk;
     let start = group.y * len + first;
-    for (var i = tid; i < min(CHUNK, len - first); i += 256u) {
+    for (var i = tid; i < min(p.chunk, len - first); i += 256u) {
         let c = g * per_group + (first + i) / p.spatial;
         var y = (f32(x[start + i]) - mean) * rstd * f32(gamma[c]) + f32(beta[c]);
         if (p.silu != 0u) { y = y / (1.0 + exp(-y)); }

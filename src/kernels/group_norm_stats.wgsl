@@ -1,4 +1,4 @@
-// GroupNorm, first pass: one workgroup per chunk of CHUNK_VALUES values of one (batch, group)
+// GroupNorm, first pass: one workgroup per chunk of `p.chunk` values of one (batch, group)
 // computes the chunk's mean and sum of squared deviations (two passes over the chunk, in f32)
 // for group_norm.wgsl to combine. Chunks spread one group over many workgroups: a VAE group of
 // 128 channels at 512x512 holds a million values.
@@ -8,41 +8,27 @@ ENABLE_F16
 // buffer, and a buffer cannot be read-only and writable in the same dispatch.
 struct Params {
     channels: u32, spatial: u32, groups: u32, silu: u32,
-    eps: f32, chunks: u32, _pad0: u32, _pad1: u32,
+    eps: f32, chunks: u32, chunk: u32, _pad: u32,
 }
 
 @group(0) @binding(0) var<storage, read_write> x: array<ELEM>;
 @group(0) @binding(1) var<storage, read_write> stats: array<f32>; // [batch * groups, chunks, 2]
 @group(0) @binding(2) var<storage, read_write> p: Params;
 
-const CHUNK: u32 = CHUNK_VALUES;
+const THREADS: u32 = 256u; // workgroup_sum.wgsl follows
 
-var<workgroup> partial: array<f32, 256>;
-
-fn workgroup_sum(tid: u32, value: f32) -> f32 {
-    partial[tid] = value;
-    workgroupBarrier();
-    for (var step = 128u; step > 0u; step >>= 1u) {
-        if (tid < step) { partial[tid] += partial[tid + step]; }
-        workgroupBarrier();
-    }
-    let total = partial[0];
-    workgroupBarrier();
-    return total;
-}
-
-@compute @workgroup_size(256, 1, 1)
+@compute @workgroup_size(THREADS, 1, 1)
 fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) group: vec3<u32>) {
     // (batch, group) along y; its values are contiguous in [B, C, H, W].
     let len = p.channels / p.groups * p.spatial;
-    let start = group.y * len + group.x * CHUNK;
-    let count = min(CHUNK, len - group.x * CHUNK);
+    let start = group.y * len + group.x * p.chunk;
+    let count = min(p.chunk, len - group.x * p.chunk);
 
     var sum = 0.0;
-    for (var i = tid; i < count; i += 256u) { sum += f32(x[start + i]); }
+    for (var i = tid; i < count; i += THREADS) { sum += f32(x[start + i]); }
     let mean = workgroup_sum(tid, sum) / f32(count);
     var squares = 0.0;
-    for (var i = tid; i < count; i += 256u) {
+    for (var i = tid; i < count; i += THREADS) {
         let d = f32(x[start + i]) - mean;
         squares += d * d;
     }

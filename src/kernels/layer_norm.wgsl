@@ -13,22 +13,10 @@ struct Params { rows: u32, dim: u32, eps: f32, _pad: u32 }
 @group(0) @binding(3) var<storage, read_write> out: array<ELEM>;
 @group(0) @binding(4) var<storage, read_write> p: Params;
 
-var<workgroup> partial: array<f32, 64>;
+const THREADS: u32 = 64u; // workgroup_sum.wgsl follows
 var<workgroup> shared_rows: u32;
 
-fn workgroup_sum(tid: u32, value: f32) -> f32 {
-    partial[tid] = value;
-    workgroupBarrier();
-    for (var step = 32u; step > 0u; step >>= 1u) {
-        if (tid < step) { partial[tid] += partial[tid + step]; }
-        workgroupBarrier();
-    }
-    let total = partial[0];
-    workgroupBarrier();
-    return total;
-}
-
-@compute @workgroup_size(64, 1, 1)
+@compute @workgroup_size(THREADS, 1, 1)
 fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) group: vec3<u32>) {
     let row = group.x + group.y * 32768u; // WORKGROUPS_PER_ROW in mod.rs
     // Loaded through workgroup memory so the early return is uniform (barriers follow).
@@ -37,16 +25,16 @@ fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) group:
     let base = row * p.dim;
 
     var sum = 0.0;
-    for (var i = tid; i < p.dim; i += 64u) { sum += f32(x[base + i]); }
+    for (var i = tid; i < p.dim; i += THREADS) { sum += f32(x[base + i]); }
     let mean = workgroup_sum(tid, sum) / f32(p.dim);
     var squares = 0.0;
-    for (var i = tid; i < p.dim; i += 64u) {
+    for (var i = tid; i < p.dim; i += THREADS) {
         let d = f32(x[base + i]) - mean;
         squares += d * d;
     }
     let rstd = inverseSqrt(workgroup_sum(tid, squares) / f32(p.dim) + p.eps);
 
-    for (var i = tid; i < p.dim; i += 64u) {
+    for (var i = tid; i < p.dim; i += THREADS) {
         out[base + i] = ELEM((f32(x[base + i]) - mean) * rstd * f32(gamma[i]) + f32(beta[i]));
     }
 }

@@ -31,6 +31,8 @@ const GROUP_NORM: &str = include_str!("group_norm.wgsl");
 const ATTENTION: &str = include_str!("attention.wgsl");
 const LAYER_NORM: &str = include_str!("layer_norm.wgsl");
 const GEGLU: &str = include_str!("geglu.wgsl");
+/// `workgroup_sum`, appended to the shaders that call it.
+const WORKGROUP_SUM: &str = include_str!("workgroup_sum.wgsl");
 
 /// A WGSL compute shader with `ELEM` standing for the storage type (and `ENABLE_F16` for the
 /// `enable f16;` directive it then needs), and named constants fixed per compiled variant.
@@ -50,6 +52,9 @@ impl WgslKernel {
     fn source(&self) -> String {
         let (enable, elem) = if self.f16 { ("enable f16;", "f16") } else { ("", "f32") };
         let mut source = self.template.replace("ENABLE_F16", enable).replace("ELEM", elem);
+        if source.contains("workgroup_sum(") {
+            source += WORKGROUP_SUM;
+        }
         for (name, value) in &self.constants {
             source = source.replace(name, &value.to_string());
         }
@@ -159,15 +164,11 @@ pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, stride: usize, padding: usize, ep
     }
     let geometry = [batch, channels, height, width, out_channels, out_height, out_width, kernel, stride, padding];
     let gemm = Gemm {
-        x: cube(x),
-        weight: cube(weight),
-        geometry: geometry.map(|v| v as u32),
-        x_tokens: false,
-        out_tokens: false,
         bias: epilogue.bias.map(cube),
         bias_stride: bias_stride as u32,
         residual: epilogue.residual.map(cube),
         divisor: epilogue.divisor,
+        ..Gemm::new(x, weight, geometry)
     };
     Tensor::from_primitive::<Cube>(gemm.run(&shape))
 }
@@ -175,6 +176,15 @@ pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, stride: usize, padding: usize, ep
 /// PyTorch's `F.linear` on `x` `[.., K]` with `weight` `[O, K]` (the checkpoint's layout) and
 /// `bias` `[O]`, plus `residual` `[.., O]` when given, in one launch.
 pub fn linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tensor<1>>, residual: Option<Tensor<D>>) -> Tensor<D> {
+    linear_with(x, weight, bias, residual, false)
+}
+
+/// `quick_gelu(F.linear(x, weight, bias))` (`y * sigmoid(1.702 y)`, CLIP's MLP) in one launch.
+pub fn linear_quick_gelu<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<D> {
+    linear_with(x, weight, bias, None, true)
+}
+
+fn linear_with<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tensor<1>>, residual: Option<Tensor<D>>, quick_gelu: bool) -> Tensor<D> {
     let mut shape = x.dims();
     let [outputs, inputs] = weight.dims();
     assert_eq!(shape[D - 1], inputs, "linear: weight {:?} for input {shape:?}", weight.dims());
@@ -184,17 +194,13 @@ pub fn linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tens
     }
     // A 1x1 convolution over one row of `rows` pixels, with channels last.
     let rows = shape[..D - 1].iter().product::<usize>();
-    let geometry = [1, inputs, 1, rows, outputs, 1, rows, 1, 1, 0];
     let gemm = Gemm {
-        x: cube(x),
-        weight: cube(weight),
-        geometry: geometry.map(|v| v as u32),
         x_tokens: true,
         out_tokens: true,
+        quick_gelu,
         bias: bias.map(cube),
-        bias_stride: 0,
         residual: residual.map(cube),
-        divisor: 1.0,
+        ..Gemm::new(x, weight, [1, inputs, 1, rows, outputs, 1, rows, 1, 1, 0])
     };
     Tensor::from_primitive::<Cube>(gemm.run(&shape))
 }
@@ -206,15 +212,9 @@ pub fn conv1x1_to_tokens(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>
     let [outputs, inputs, 1, 1] = weight.dims() else { panic!("conv1x1_to_tokens: weight {:?}", weight.dims()) };
     assert_eq!(inputs, channels, "conv1x1_to_tokens: weight {:?} for input {:?}", weight.dims(), x.dims());
     let gemm = Gemm {
-        x: cube(x),
-        weight: cube(weight),
-        geometry: [batch, channels, height, width, outputs, height, width, 1, 1, 0].map(|v| v as u32),
-        x_tokens: false,
         out_tokens: true,
         bias: bias.map(cube),
-        bias_stride: 0,
-        residual: None,
-        divisor: 1.0,
+        ..Gemm::new(x, weight, [batch, channels, height, width, outputs, height, width, 1, 1, 0])
     };
     Tensor::from_primitive::<Cube>(gemm.run(&[batch, height * width, outputs]))
 }
@@ -237,15 +237,10 @@ pub fn conv1x1_from_tokens(
         assert_eq!(residual.dims(), shape, "conv1x1_from_tokens: residual for output {shape:?}");
     }
     let gemm = Gemm {
-        x: cube(tokens),
-        weight: cube(weight),
-        geometry: [batch, channels, height, width, outputs, height, width, 1, 1, 0].map(|v| v as u32),
         x_tokens: true,
-        out_tokens: false,
         bias: bias.map(cube),
-        bias_stride: 0,
         residual: residual.map(cube),
-        divisor: 1.0,
+        ..Gemm::new(tokens, weight, [batch, channels, height, width, outputs, height, width, 1, 1, 0])
     };
     Tensor::from_primitive::<Cube>(gemm.run(&shape))
 }
@@ -259,6 +254,7 @@ struct Gemm {
     geometry: [u32; 10],
     x_tokens: bool,
     out_tokens: bool,
+    quick_gelu: bool,
     bias: Option<CubeTensor>,
     bias_stride: u32,
     residual: Option<CubeTensor>,
@@ -266,8 +262,25 @@ struct Gemm {
 }
 
 impl Gemm {
+    /// Channels first in and out, no epilogue: the fields to change are set over it.
+    fn new<const D: usize, const W: usize>(x: Tensor<D>, weight: Tensor<W>, geometry: [usize; 10]) -> Self {
+        Self {
+            x: cube(x),
+            weight: cube(weight),
+            geometry: geometry.map(|v| v as u32),
+            x_tokens: false,
+            out_tokens: false,
+            quick_gelu: false,
+            bias: None,
+            bias_stride: 0,
+            residual: None,
+            divisor: 1.0,
+        }
+    }
+
+    /// Launches it for an output of `shape`.
     fn run(self, shape: &[usize]) -> CubeTensor {
-        let Self { x, weight, geometry, x_tokens, out_tokens, bias, bias_stride, residual, divisor } = self;
+        let Self { x, weight, geometry, x_tokens, out_tokens, quick_gelu, bias, bias_stride, residual, divisor } = self;
         let client = x.client.clone();
         let f16 = is_f16(&[&x, &weight].into_iter().chain(bias.as_ref()).chain(residual.as_ref()).collect::<Vec<_>>());
         let flags = [bias.is_some() as u32, bias_stride, residual.is_some() as u32, divisor.to_bits()];
@@ -276,7 +289,7 @@ impl Gemm {
         let out = empty_device_contiguous_dtype(client.clone(), x.device.clone(), burn::tensor::Shape::from(shape.to_vec()), x.dtype);
         let p = params(&client, &[&geometry[..], &flags, &[0, 0]].concat());
         let mut kernel = WgslKernel::new("gemm", GEMM, f16, Dim3::new_2d(16, 16));
-        kernel.constants = vec![("X_LAYOUT", x_tokens as u32), ("OUT_LAYOUT", out_tokens as u32)];
+        kernel.constants = vec![("X_LAYOUT", x_tokens as u32), ("OUT_LAYOUT", out_tokens as u32), ("ACTIVATION", quick_gelu as u32)];
         // Column (pixel) tiles along x (beyond 65,535 workgroups, as a 2048x2048 output has, on
         // rows of z), output-channel tiles along y.
         let [batch, _, _, _, out_channels, out_height, out_width, ..] = geometry;
@@ -291,8 +304,11 @@ impl Gemm {
     }
 }
 
-/// Values of one (batch, group) per GroupNorm workgroup: 16 per thread.
-const GROUP_NORM_CHUNK: u32 = 4096;
+/// Values of one (batch, group) per GroupNorm workgroup: 16 per thread at least, more where a
+/// group would otherwise span over 256 chunks (the second pass combines one chunk per thread).
+fn group_norm_chunk(len: usize) -> usize {
+    len.div_ceil(256).next_multiple_of(256).max(4096)
+}
 
 /// GroupNorm of `x` `[B, C, H, W]` with `groups` groups, affine `gamma`/`beta` `[C]`,
 /// statistics in f32, optionally followed by SiLU.
@@ -302,18 +318,16 @@ pub fn group_norm(x: Tensor<4>, gamma: Tensor<1>, beta: Tensor<1>, groups: usize
     let (x, gamma, beta) = (cube(x), cube(gamma), cube(beta));
     let client = x.client.clone();
     let f16 = is_f16(&[&x, &gamma, &beta]);
-    let chunks = (channels / groups * height * width).div_ceil(GROUP_NORM_CHUNK as usize);
+    let len = channels / groups * height * width;
+    let chunk = group_norm_chunk(len);
+    let chunks = len.div_ceil(chunk);
     let stats = empty_device_contiguous_dtype(client.clone(), x.device.clone(), burn::tensor::Shape::new([batch * groups * chunks * 2]), DType::F32);
     let out = empty_device_contiguous_dtype(client.clone(), x.device.clone(), x.meta.shape().clone(), x.dtype);
-    let words = [channels, height * width, groups, silu as usize, 0, chunks, 0, 0].map(|v| v as u32);
+    let words = [channels, height * width, groups, silu as usize, 0, chunks, chunk, 0].map(|v| v as u32);
     let p = params(&client, &[&words[..4], &[(eps as f32).to_bits()], &words[5..]].concat());
     // One workgroup per (chunk, batch and group) in both passes.
     let count = || CubeCount::Static(chunks as u32, (batch * groups) as u32, 1);
-    let kernel = |name, template| {
-        let mut kernel = WgslKernel::new(name, template, f16, Dim3::new_1d(256));
-        kernel.constants = vec![("CHUNK_VALUES", GROUP_NORM_CHUNK)];
-        kernel
-    };
+    let kernel = |name, template| WgslKernel::new(name, template, f16, Dim3::new_1d(256));
     launch(&client, kernel("group_norm_stats", GROUP_NORM_STATS), count(), [x.handle.clone(), stats.handle.clone(), p.clone()]);
     launch(&client, kernel("group_norm", GROUP_NORM), count(), [x.handle, gamma.handle, beta.handle, stats.handle, out.handle.clone(), p]);
     Tensor::from_primitive::<Cube>(out)
@@ -474,11 +488,13 @@ mod tests {
     }
 
     /// Rows, inputs and outputs across the tile edges, 3-D input, with and without bias and
-    /// residual: against the CPU and, in f32, burn's stock `linear` (plus the residual).
+    /// residual, and with quick_gelu: against the CPU and, in f32, burn's stock `linear` (plus
+    /// the residual).
     async fn check_linear(gpu: &Gpu, tolerance: f32) {
         for (i, (rows, inputs, outputs, has_bias, has_residual)) in
             [(70, 20, 9, true, false), (5, 33, 130, false, true), (130, 64, 64, true, true)].into_iter().enumerate()
         {
+            let quick_gelu = i == 0;
             let seed = 500 + 10 * i as u32;
             let (x, w) = (values(rows * inputs, seed), values(outputs * inputs, seed + 1));
             let (bias, residual) = (values(outputs, seed + 2), values(rows * outputs, seed + 3));
@@ -486,16 +502,19 @@ mod tests {
                 .map(|index| {
                     let (r, o) = (index / outputs, index % outputs);
                     let dot: f32 = (0..inputs).map(|k| x[r * inputs + k] * w[o * inputs + k]).sum();
-                    dot + if has_bias { bias[o] } else { 0.0 } + if has_residual { residual[index] } else { 0.0 }
+                    let y = dot + if has_bias { bias[o] } else { 0.0 };
+                    let y = if quick_gelu { y / (1.0 + (-1.702 * y).exp()) } else { y };
+                    y + if has_residual { residual[index] } else { 0.0 }
                 })
                 .collect();
             let b = has_bias.then(|| upload(gpu, &bias, [outputs]));
             let res = has_residual.then(|| upload(gpu, &residual, [1, rows, outputs]));
-            let ours = super::linear(upload(gpu, &x, [1, rows, inputs]), upload(gpu, &w, [outputs, inputs]), b.clone(), res.clone());
+            let (x3, w2) = (upload(gpu, &x, [1, rows, inputs]), upload(gpu, &w, [outputs, inputs]));
+            let ours = if quick_gelu { super::linear_quick_gelu(x3, w2, b.clone()) } else { super::linear(x3, w2, b.clone(), res.clone()) };
             assert_eq!(ours.dims(), [1, rows, outputs]);
             let ours = read(ours).await;
             assert_close(&ours, &expected, tolerance, tolerance);
-            if gpu.capabilities.compute_dtype == ComputeDType::F32 {
+            if gpu.capabilities.compute_dtype == ComputeDType::F32 && !quick_gelu {
                 let stock = burn::tensor::module::linear(upload(gpu, &x, [1, rows, inputs]), upload(gpu, &w, [outputs, inputs]).transpose(), b);
                 let stock = match res {
                     Some(r) => stock + r,
@@ -624,31 +643,70 @@ mod tests {
     }
 
     /// naga's parser and validator (what wgpu runs natively) accept every shader in both
-    /// storage types, with readable messages when they do not.
+    /// storage types and every variant of its constants, with readable messages when they do
+    /// not. (Dawn's Tint checks more; the browser tests run every variant the pipeline uses.)
     #[cfg(not(target_arch = "wasm32"))]
     #[test]
     fn shaders_are_valid_wgsl() {
         use burn::tensor::wgpu::wgpu::naga;
+        let gemm_layouts = [(0, 0, 0), (0, 1, 0), (1, 0, 0), (1, 1, 0), (1, 1, 1)]
+            .map(|(x, out, activation)| vec![("X_LAYOUT", x), ("OUT_LAYOUT", out), ("ACTIVATION", activation)]);
+        let head_dims = [(40, 40, 64, 1), (512, 128, 4, 0)]
+            .map(|(d, chunk, tile, registers)| vec![("HEAD_DIM", d), ("CHUNK_DIM", chunk), ("TILE_KEYS", tile), ("QUERY_IN_REGISTERS", registers)]);
         let shaders = [
-            ("gemm", super::GEMM),
-            ("group_norm_stats", super::GROUP_NORM_STATS),
-            ("group_norm", super::GROUP_NORM),
-            ("layer_norm", super::LAYER_NORM),
-            ("geglu", super::GEGLU),
-            ("attention", super::ATTENTION),
+            ("gemm", super::GEMM, gemm_layouts.to_vec()),
+            ("group_norm_stats", super::GROUP_NORM_STATS, vec![vec![]]),
+            ("group_norm", super::GROUP_NORM, vec![vec![]]),
+            ("layer_norm", super::LAYER_NORM, vec![vec![]]),
+            ("geglu", super::GEGLU, vec![vec![]]),
+            ("attention", super::ATTENTION, head_dims.to_vec()),
         ];
-        for (name, template) in shaders {
-            for f16 in [false, true] {
+        for (name, template, variants) in shaders {
+            for (f16, constants) in [false, true].into_iter().flat_map(|f16| variants.iter().map(move |c| (f16, c))) {
                 let mut kernel = super::WgslKernel::new(name, template, f16, super::Dim3::new_single());
-                kernel.constants = vec![("HEAD_DIM", 512), ("CHUNK_DIM", 128), ("TILE_KEYS", 4), ("QUERY_IN_REGISTERS", 0), ("X_LAYOUT", 1), ("OUT_LAYOUT", 0), ("CHUNK_VALUES", 4096)];
+                kernel.constants = constants.clone();
                 let source = kernel.source();
                 let module = naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&source)));
                 let mut validator = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all());
                 if let Err(e) = validator.validate(&module) {
-                    panic!("{name} (f16 {f16}): {}", e.emit_to_string(&source));
+                    panic!("{name} (f16 {f16}, {constants:?}): {}", e.emit_to_string(&source));
                 }
             }
         }
+    }
+
+    /// Dispatches beyond 32,768 workgroups in a row (the conv's z rows, `grid`'s y rows) and a
+    /// GroupNorm group over a million values (bigger chunks, at most 256): the real model's
+    /// 2048x2048 VAE and batches of latents reach these; too big for the browser tests.
+    #[cfg(not(target_arch = "wasm32"))]
+    #[test]
+    fn large_dispatches_cover_every_workgroup() {
+        pollster::block_on(async {
+            let gpu = shared_gpu(DTypeChoice::Exactly(ComputeDType::F32)).await;
+            // 2,150,400 pixels: 33,600 tiles of 64, so a second row along z.
+            let x = values(1024 * 2100, 600);
+            let conv = super::conv2d(upload(&gpu, &x, [1, 1, 1024, 2100]), upload(&gpu, &[2.0], [1, 1, 1, 1]), 1, 0, Epilogue::bias(Some(upload(&gpu, &[0.5], [1]))));
+            assert_close(&read(conv).await, &x.iter().map(|v| 2.0 * v + 0.5).collect::<Vec<_>>(), 1e-6, 1e-6);
+
+            // 40,000 rows: 40,000 workgroups.
+            let (gamma, beta) = (values(8, 601), values(8, 602));
+            let rows = values(40_000 * 8, 603);
+            let normed = super::layer_norm(upload(&gpu, &rows, [40_000, 8]), upload(&gpu, &gamma, [8]), upload(&gpu, &beta, [8]), 1e-5);
+            assert_close(&read(normed).await, &layer_norm_reference(&rows, 8, &gamma, &beta), 1e-4, 1e-4);
+
+            // 8,448,000 outputs: 33,000 workgroups of 256.
+            let projected = upload(&gpu, &values(33_000 * 512, 604), [33_000, 512]);
+            let ours = read(super::geglu(projected.clone())).await;
+            assert_close(&ours, &read(super::geglu_stock(projected)).await, 1e-4, 1e-4);
+
+            // 1,100,000 values in one group: 253 chunks of 4,352.
+            assert_eq!(super::group_norm_chunk(1_100_000), 4352);
+            let shape = [1, 2, 1100, 500];
+            let x: Vec<f32> = values(1_100_000, 605).iter().enumerate().map(|(i, v)| v + (i / 550_000) as f32).collect();
+            let (gamma, beta) = ([1.5, 0.5], [0.25, -0.25]);
+            let ours = super::group_norm(upload(&gpu, &x, shape), upload(&gpu, &gamma, [2]), upload(&gpu, &beta, [2]), 1, 1e-5, false);
+            assert_close(&read(ours).await, &group_norm_reference(&x, shape, &gamma, &beta, 1, false), 1e-4, 1e-4);
+        });
     }
 
     /// Softmax attention on the CPU, heads interleaved in the channels.
