@@ -50,12 +50,15 @@ fn main(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) g
     let lane_n = select(local.x, local.y, OUT_TOKENS == 1u);
     let m0 = group.y * TILE_M;
     let n0 = (group.x + group.z * 32768u) * TILE_N; // WORKGROUPS_PER_ROW in mod.rs
-    let window = p.kernel * p.kernel;
+    let taps = p.kernel * p.kernel;
     // Loaded through workgroup memory so the loop bound is uniform (its barriers need that).
-    if (tid == 0u) { shared_depth = p.channels * window; }
+    if (tid == 0u) { shared_depth = p.channels * taps; }
     let depth = workgroupUniformLoad(&shared_depth);
     let pixels = p.out_height * p.out_width;
     let columns = p.batch * pixels;
+    // Channels first, a thread loads one column (tid % 64) at four depths per step: where its
+    // window sits is worked out once here (integer division is slow on GPUs).
+    let own_window = window_of(n0 + tid % TILE_N, columns, pixels);
 
     var acc: array<array<f32, 4>, 4>;
     for (var i = 0u; i < 4u; i++) {
@@ -78,13 +81,16 @@ fn main(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) g
         // first, along k (neighbouring channels) channels last.
         for (var l = 0u; l < 4u; l++) {
             let index = tid + l * 256u;
-            var kk = index / TILE_N;
-            var n = index % TILE_N;
             if (X_TOKENS == 1u) {
-                kk = index % TILE_K;
-                n = index / TILE_K;
+                let kk = index % TILE_K;
+                let n = index / TILE_K;
+                var value = 0.0;
+                if (k0 + kk < depth && n0 + n < columns) { value = f32(x[(n0 + n) * p.channels + k0 + kk]); }
+                b_tile[kk * TILE_N + n] = value;
+            } else {
+                let kk = index / TILE_N;
+                b_tile[kk * TILE_N + tid % TILE_N] = input_at(k0 + kk, depth, taps, own_window);
             }
-            b_tile[kk * TILE_N + n] = input_at(k0 + kk, n0 + n, depth, columns, pixels, window);
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TILE_K; kk++) {
@@ -117,17 +123,26 @@ fn main(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) g
     }
 }
 
-// im2col(x)[k, column]: the input under kernel tap k of output column `column`, 0 in the
-// padding and beyond the matrix.
-fn input_at(k: u32, column: u32, depth: u32, columns: u32, pixels: u32, window: u32) -> f32 {
-    if (k >= depth || column >= columns) { return 0.0; }
-    if (X_TOKENS == 1u) { return f32(x[column * p.channels + k]); }
-    let c = k / window;
-    let r = k % window;
-    let b = column / pixels;
+// Where a channels-first output column reads its input: the batch item's offset in x and the
+// top-left corner of its kernel window (which may lie in the padding).
+struct Window { base: u32, top: i32, left: i32, valid: bool }
+
+fn window_of(column: u32, columns: u32, pixels: u32) -> Window {
     let pixel = column % pixels;
-    let iy = i32((pixel / p.out_width) * p.stride + r / p.kernel) - i32(p.padding);
-    let ix = i32((pixel % p.out_width) * p.stride + r % p.kernel) - i32(p.padding);
+    let top = i32((pixel / p.out_width) * p.stride) - i32(p.padding);
+    let left = i32((pixel % p.out_width) * p.stride) - i32(p.padding);
+    return Window(column / pixels * p.channels * p.height * p.width, top, left, column < columns);
+}
+
+// im2col(x)[k, column] for the column at `w`: the input under kernel tap k, 0 in the padding
+// and beyond the matrix.
+fn input_at(k: u32, depth: u32, taps: u32, w: Window) -> f32 {
+    if (k >= depth || !w.valid) { return 0.0; }
+    let c = k / taps;
+    let r = k - c * taps;
+    let ky = r / p.kernel;
+    let iy = w.top + i32(ky);
+    let ix = w.left + i32(r - ky * p.kernel);
     if (iy < 0 || ix < 0 || u32(iy) >= p.height || u32(ix) >= p.width) { return 0.0; }
-    return f32(x[((b * p.channels + c) * p.height + u32(iy)) * p.width + u32(ix)]);
+    return f32(x[w.base + (c * p.height + u32(iy)) * p.width + u32(ix)]);
 }
