@@ -216,6 +216,19 @@ impl VaeConfig {
     pub fn scale_factor(&self) -> usize {
         1 << (self.block_out_channels.len() - 1)
     }
+
+    /// Values per image in the decoder's largest activation, for an output of `pixels`
+    /// pixels: each up block holds its input's and its output's channels at its resolution
+    /// (the mid block's width comes in; the last block works at full resolution). For SD1 that
+    /// is the last block's input, 256 channels at full resolution.
+    pub fn largest_activation(&self, pixels: usize) -> usize {
+        let widths: Vec<usize> = self.block_out_channels.iter().rev().copied().collect();
+        let blocks = widths.len();
+        (0..blocks)
+            .map(|i| widths[i.saturating_sub(1)].max(widths[i]) * (pixels >> (2 * (blocks - 1 - i))))
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 /// `image_encoder/config.json` (transformers CLIPVisionConfig).
@@ -360,6 +373,8 @@ mod tests {
         let unet = UNetConfig::from_json(&real("unet/config.json")).unwrap();
         assert_eq!((unet.block_out_channels[3], unet.cross_attention_dim, unet.heads(0), unet.sample_size), (1280, 768, 8, Some(64)));
         let vae = VaeConfig::from_json(&real("vae/config.json")).unwrap();
+        // The last up block's input: 256 channels at 512x512.
+        assert_eq!(vae.largest_activation(512 * 512), 256 * 512 * 512);
         assert_eq!((vae.scaling_factor, vae.scale_factor(), vae.use_post_quant_conv), (0.18215, 8, true));
         let clip = ClipVisionConfig::from_json(&real("image_encoder/config.json")).unwrap();
         assert_eq!((clip.hidden_size, clip.num_positions(), clip.projection_dim), (1024, 257, 768));

@@ -12,6 +12,7 @@ use crate::preprocess::{self, RgbImage};
 use crate::schedulers::SchedulerKind;
 use crate::torch_rng::BatchNoise;
 use crate::unet_2d::UNet2DConditionModel;
+use crate::weight_cache::human_bytes;
 use crate::vae::{self, AutoencoderKLDecoder};
 use crate::weights::{self, LoadError, Weights};
 
@@ -290,15 +291,27 @@ impl ImageVariationPipeline {
         if w == 0 || h == 0 || w % multiple != 0 || h % multiple != 0 || w > 2048 || h > 2048 {
             return bad(format!("size {w}x{h} must be multiples of {multiple}, at most 2048"));
         }
+        let (needed, allowed) = (self.largest_activation_bytes(w, h), self.gpu.capabilities.max_storage_buffer_binding_size);
+        if needed > allowed {
+            return bad(format!(
+                "size {w}x{h} needs {} in one GPU buffer and this GPU allows {}: choose a smaller size",
+                human_bytes(needed),
+                human_bytes(allowed)
+            ));
+        }
         Ok((w, h))
     }
 
-    /// How many variations one batch can hold: every activation must fit one storage binding,
-    /// and the largest is the VAE decoder's last block, `block_out_channels[0]` channels at full
-    /// resolution (f32 at worst). Attention keeps no score matrix (`kernels::attention`).
+    /// How many variations one batch can hold: every activation must fit one storage binding.
+    /// The largest is the VAE decoder's (`VaeConfig::largest_activation`); attention keeps no
+    /// score matrix (`kernels::attention`).
     pub fn max_batch(&self, width: usize, height: usize) -> usize {
-        let per_image = self.vae.config().block_out_channels[0] * width * height * 4;
-        (self.gpu.capabilities.max_storage_buffer_binding_size as usize / per_image.max(1)).max(1)
+        let allowed = self.gpu.capabilities.max_storage_buffer_binding_size;
+        (allowed / self.largest_activation_bytes(width, height).max(1)).max(1) as usize
+    }
+
+    fn largest_activation_bytes(&self, width: usize, height: usize) -> u64 {
+        (self.vae.config().largest_activation(width * height) * self.dtype().size()) as u64
     }
 
     /// Generates `options.n` variations of `image`, in as few batches as the device allows.
@@ -512,6 +525,23 @@ mod tests {
                 let err = pipeline.generate(&input(), &options, &mut |_| true).await.err().unwrap();
                 assert!(err.to_string().contains(words), "{err}");
             }
+        });
+    }
+
+    /// The VAE's widest activation must fit one storage binding: batches are sized by it, and a
+    /// size whose single image does not fit is refused with both figures.
+    #[test]
+    fn sizes_and_batches_respect_the_storage_binding_limit() {
+        pollster::block_on(async {
+            let mut gpu = shared_gpu(DTypeChoice::Exactly(ComputeDType::F32)).await;
+            gpu.capabilities.max_storage_buffer_binding_size = 8 << 20;
+            let pipeline = ImageVariationPipeline::load(&tiny_model(None), &gpu).await.unwrap();
+            // The tiny VAE's last block takes 32 channels at full resolution: 2 MiB in f32 at
+            // 128x128, so 4 images per batch.
+            assert_eq!(pipeline.max_batch(128, 128), 4);
+            let options = GenerateOptions { size: Some((2048, 2048)), ..Default::default() };
+            let err = pipeline.generate(&input(), &options, &mut |_| true).await.err().unwrap();
+            assert!(err.to_string().contains("needs 536.9 MB in one GPU buffer and this GPU allows 8.4 MB"), "{err}");
         });
     }
 }
