@@ -111,6 +111,12 @@ impl Conv2d {
         self.convolve(x, Epilogue { bias, residual, divisor })
     }
 
+    /// The convolution of `x` upsampled x2 by nearest neighbour, without storing the upsampled
+    /// input.
+    pub fn forward_upsampled(&self, x: Tensor<4>) -> Tensor<4> {
+        kernels::conv2d_upsampled(x, self.weight.clone(), self.stride, self.padding, Epilogue::bias(self.bias.clone()))
+    }
+
     /// Removes the bias and returns it, to be added through a shift (`forward_fused`).
     pub fn take_bias(&mut self) -> Option<Tensor<1>> {
         self.bias.take()

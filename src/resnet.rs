@@ -1,8 +1,6 @@
 //! diffusers' `ResnetBlock2D`, `Downsample2D` and `Upsample2D`.
 
 use burn::tensor::Tensor;
-use burn::tensor::module::interpolate;
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 
 use crate::layers::{Conv2d, GroupNorm, Linear};
 use crate::weights::{LoadError, Weights};
@@ -82,7 +80,7 @@ impl Downsample2D {
     }
 }
 
-/// Nearest-neighbour x2, then a 3x3 convolution (`upsamplers.0.conv`).
+/// Nearest-neighbour x2, then a 3x3 convolution (`upsamplers.0.conv`), in one launch.
 pub struct Upsample2D {
     conv: Conv2d,
 }
@@ -93,8 +91,6 @@ impl Upsample2D {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let [_, _, h, w] = x.dims();
-        let up = interpolate(x, InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([h * 2, w * 2]));
-        self.conv.forward(up)
+        self.conv.forward_upsampled(x)
     }
 }

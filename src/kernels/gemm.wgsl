@@ -3,9 +3,11 @@
 // out[oc, pixel] = sum_k weight[oc, k] * im2col(x)[k, pixel], k = (ic, ky, kx), the im2col
 // column gathered on the fly; then the epilogue (act(conv + bias) + residual) / divisor, with a
 // bias per out channel or per (batch, out channel) and act CLIP's quick_gelu where ACTIVATION
-// is 1 (else none). A workgroup computes a 64 (out channels) x 64
-// (pixels) tile in steps of 16 along k, staging both operands in workgroup memory as f32; each
-// of its 16x16 threads accumulates a 4x4 block in f32 registers. `ELEM` is f32 or f16.
+// is 1 (else none). With `upscale` 2 the convolution reads its input upsampled x2 by nearest
+// neighbour (height and width are then the upsampled ones); the upsampled input is never
+// stored. A workgroup computes a 64 (out channels) x 64 (pixels) tile in steps of 16 along k,
+// staging both operands in workgroup memory as f32; each of its 16x16 threads accumulates a
+// 4x4 block in f32 registers. `ELEM` is f32 or f16.
 // X_LAYOUT and OUT_LAYOUT (fixed per compiled variant) give the layouts of x and out: 0 for
 // channels first ([B, C, H, W]), 1 for channels last ([B * H * W, C], tokens: a Linear's rows,
 // or a 1x1 convolution into or out of a transformer). Loads and stores run along whichever
@@ -23,7 +25,7 @@ struct Params {
     out_channels: u32, out_height: u32, out_width: u32, kernel: u32,
     stride: u32, padding: u32,
     has_bias: u32, bias_stride: u32, has_residual: u32, divisor: f32,
-    _pad0: u32, _pad1: u32,
+    upscale: u32, _pad: u32,
 }
 
 @group(0) @binding(0) var<storage, read_write> x: array<ELEM>;
@@ -131,7 +133,8 @@ fn window_of(column: u32, columns: u32, pixels: u32) -> Window {
     let pixel = column % pixels;
     let top = i32((pixel / p.out_width) * p.stride) - i32(p.padding);
     let left = i32((pixel % p.out_width) * p.stride) - i32(p.padding);
-    return Window(column / pixels * p.channels * p.height * p.width, top, left, column < columns);
+    let source_pixels = (p.height / p.upscale) * (p.width / p.upscale);
+    return Window(column / pixels * p.channels * source_pixels, top, left, column < columns);
 }
 
 // im2col(x)[k, column] for the column at `w`: the input under kernel tap k, 0 in the padding
@@ -144,5 +147,8 @@ fn input_at(k: u32, depth: u32, taps: u32, w: Window) -> f32 {
     let iy = w.top + i32(ky);
     let ix = w.left + i32(r - ky * p.kernel);
     if (iy < 0 || ix < 0 || u32(iy) >= p.height || u32(ix) >= p.width) { return 0.0; }
-    return f32(x[w.base + (c * p.height + u32(iy)) * p.width + u32(ix)]);
+    let source_width = p.width / p.upscale;
+    let source_y = u32(iy) / p.upscale;
+    let source_x = u32(ix) / p.upscale;
+    return f32(x[w.base + (c * (p.height / p.upscale) + source_y) * source_width + source_x]);
 }

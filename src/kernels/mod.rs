@@ -147,7 +147,18 @@ impl Epilogue {
 /// `conv2d` with a square `kernel`, `stride`, `padding`, groups 1 and dilation 1, on
 /// `x` `[B, C, H, W]` and `weight` `[O, C, k, k]` of the same dtype, then `epilogue`.
 pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, stride: usize, padding: usize, epilogue: Epilogue) -> Tensor<4> {
-    let [batch, channels, height, width] = x.dims();
+    conv2d_scaled(x, 1, weight, stride, padding, epilogue)
+}
+
+/// `conv2d` of `x` upsampled x2 by nearest neighbour (diffusers' `Upsample2D`), reading `x`
+/// directly: the upsampled input, four times `x`'s size, is never stored.
+pub fn conv2d_upsampled(x: Tensor<4>, weight: Tensor<4>, stride: usize, padding: usize, epilogue: Epilogue) -> Tensor<4> {
+    conv2d_scaled(x, 2, weight, stride, padding, epilogue)
+}
+
+fn conv2d_scaled(x: Tensor<4>, upscale: usize, weight: Tensor<4>, stride: usize, padding: usize, epilogue: Epilogue) -> Tensor<4> {
+    let [batch, channels, source_height, source_width] = x.dims();
+    let (height, width) = (source_height * upscale, source_width * upscale);
     let [out_channels, in_channels, kernel, kernel_w] = weight.dims();
     assert!(in_channels == channels && kernel == kernel_w, "conv2d: weight {:?} for input {:?}", weight.dims(), x.dims());
     let out_height = (height + 2 * padding - kernel) / stride + 1;
@@ -168,6 +179,7 @@ pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, stride: usize, padding: usize, ep
         bias_stride: bias_stride as u32,
         residual: epilogue.residual.map(cube),
         divisor: epilogue.divisor,
+        upscale: upscale as u32,
         ..Gemm::new(x, weight, geometry)
     };
     Tensor::from_primitive::<Cube>(gemm.run(&shape))
@@ -255,6 +267,9 @@ struct Gemm {
     x_tokens: bool,
     out_tokens: bool,
     quick_gelu: bool,
+    /// 2: x is read upsampled x2 by nearest neighbour (the geometry's input size is the
+    /// upsampled one).
+    upscale: u32,
     bias: Option<CubeTensor>,
     bias_stride: u32,
     residual: Option<CubeTensor>,
@@ -271,6 +286,7 @@ impl Gemm {
             x_tokens: false,
             out_tokens: false,
             quick_gelu: false,
+            upscale: 1,
             bias: None,
             bias_stride: 0,
             residual: None,
@@ -280,14 +296,14 @@ impl Gemm {
 
     /// Launches it for an output of `shape`.
     fn run(self, shape: &[usize]) -> CubeTensor {
-        let Self { x, weight, geometry, x_tokens, out_tokens, quick_gelu, bias, bias_stride, residual, divisor } = self;
+        let Self { x, weight, geometry, x_tokens, out_tokens, quick_gelu, upscale, bias, bias_stride, residual, divisor } = self;
         let client = x.client.clone();
         let f16 = is_f16(&[&x, &weight].into_iter().chain(bias.as_ref()).chain(residual.as_ref()).collect::<Vec<_>>());
         let flags = [bias.is_some() as u32, bias_stride, residual.is_some() as u32, divisor.to_bits()];
         let bias = bias.map_or_else(|| absent(&client), |b| b.handle);
         let residual = residual.map_or_else(|| absent(&client), |r| r.handle);
         let out = empty_device_contiguous_dtype(client.clone(), x.device.clone(), burn::tensor::Shape::from(shape.to_vec()), x.dtype);
-        let p = params(&client, &[&geometry[..], &flags, &[0, 0]].concat());
+        let p = params(&client, &[&geometry[..], &flags, &[upscale, 0]].concat());
         let mut kernel = WgslKernel::new("gemm", GEMM, f16, Dim3::new_2d(16, 16));
         kernel.constants = vec![("X_LAYOUT", x_tokens as u32), ("OUT_LAYOUT", out_tokens as u32), ("ACTIVATION", quick_gelu as u32)];
         // Column (pixel) tiles along x (beyond 65,535 workgroups, as a 2048x2048 output has, on
@@ -484,6 +500,20 @@ mod tests {
             conv.iter().zip(&residual).enumerate().map(|(i, (c, r))| (c + bias[i / 99] + r) / 2.0).collect();
         let epilogue = Epilogue { bias: Some(upload(gpu, &bias, [2, 70])), residual: Some(upload(gpu, &residual, shape)), divisor: 2.0 };
         let ours = super::conv2d(upload(gpu, &x, xs), upload(gpu, &w, ws), 1, 1, epilogue);
+        assert_close(&read(ours).await, &expected, tolerance, tolerance);
+    }
+
+    /// The conv reading its input upsampled x2 (nearest): against the CPU conv of the input
+    /// upsampled there, batch 2, odd sizes, with padding.
+    async fn check_conv2d_upsampled(gpu: &Gpu, tolerance: f32) {
+        let ([b, c, h, w], ws) = ([2, 5, 4, 3], [7, 5, 3, 3]);
+        let (x, weight, bias) = (values(b * c * h * w, 80), values(ws.iter().product(), 81), values(7, 82));
+        let upsampled: Vec<f32> =
+            (0..b * c * 4 * h * w).map(|i| x[(i / (4 * h * w) * h + i / (2 * w) % (2 * h) / 2) * w + i % (2 * w) / 2]).collect();
+        let (expected, shape) = conv2d_reference(&upsampled, [b, c, 2 * h, 2 * w], &weight, ws, &bias, 1, 1);
+        let epilogue = Epilogue::bias(Some(upload(gpu, &bias, [7])));
+        let ours = super::conv2d_upsampled(upload(gpu, &x, [b, c, h, w]), upload(gpu, &weight, ws), 1, 1, epilogue);
+        assert_eq!(ours.dims(), shape);
         assert_close(&read(ours).await, &expected, tolerance, tolerance);
     }
 
@@ -762,6 +792,7 @@ mod tests {
             let gpu = shared_gpu(DTypeChoice::Exactly(ComputeDType::F32)).await;
             check_conv2d(&gpu, 1e-4).await;
             check_conv2d_epilogue(&gpu, 1e-4).await;
+            check_conv2d_upsampled(&gpu, 1e-4).await;
             check_linear(&gpu, 1e-4).await;
             check_conv1x1_tokens(&gpu, 1e-4).await;
             check_group_norm(&gpu, 1e-4).await;
@@ -781,6 +812,7 @@ mod tests {
             let gpu = shared_gpu(DTypeChoice::Exactly(ComputeDType::F16)).await;
             check_conv2d(&gpu, 3e-2).await;
             check_conv2d_epilogue(&gpu, 3e-2).await;
+            check_conv2d_upsampled(&gpu, 3e-2).await;
             check_linear(&gpu, 3e-2).await;
             check_conv1x1_tokens(&gpu, 3e-2).await;
             check_group_norm(&gpu, 3e-2).await;
