@@ -105,9 +105,22 @@ pub fn run(pipeline: &ImageVariationPipeline, gpu: &Gpu, options: &BenchOptions)
     Ok(lines)
 }
 
+/// Median times in ms of our operation and of burn's stock one, as `time_stage` takes them.
+fn ours_and_stock<A, B>(gpu: &Gpu, runs: usize, ours: impl Fn() -> A, stock: impl Fn() -> B) -> Result<(f64, f64), PipelineError> {
+    let ours = time_stage(runs, || {
+        drop(ours());
+        sync(gpu)
+    })?;
+    let stock = time_stage(runs, || {
+        drop(stock());
+        sync(gpu)
+    })?;
+    Ok((ours, stock))
+}
+
 /// `imvar bench-ops`: each hot operation at SD1's shapes (`small`: channels and sides / 8, for
-/// a quick run on a CPU adapter), ours beside burn's stock operation where we have our own,
-/// one JSON line per (op, shape). `scripts/bench_ops_torch.py` prints the same lines for
+/// a quick run on a CPU adapter), ours beside burn's stock operation, one JSON line per
+/// (op, shape). `scripts/bench_ops_torch.py` prints the same lines for
 /// PyTorch, so both can be compared from one run on the same GPU.
 pub fn ops(gpu: &Gpu, runs: usize, small: bool) -> Result<Vec<serde_json::Value>, PipelineError> {
     use burn::tensor::module::{attention, conv2d, linear};
@@ -122,10 +135,10 @@ pub fn ops(gpu: &Gpu, runs: usize, small: bool) -> Result<Vec<serde_json::Value>
     let random = |shape: Vec<usize>| Tensor::<4>::random(
         [shape[0], shape[1], shape[2], shape[3]], Distribution::Uniform(-1.0, 1.0), (device, dtype));
     let mut lines = Vec::new();
-    let mut report = |op: &str, shape: String, ours: Option<f64>, stock: f64| {
+    let mut report = |op: &str, shape: String, (ours, stock): (f64, f64)| {
         let round = |ms: f64| (ms * 1000.0).round() / 1000.0;
         let line = json!({
-            "op": op, "shape": shape, "dtype": caps.compute_dtype, "ours_ms": ours.map(round),
+            "op": op, "shape": shape, "dtype": caps.compute_dtype, "ours_ms": round(ours),
             "burn_ms": round(stock), "runs": runs, "adapter": caps.adapter, "backend": caps.backend,
         });
         println!("{line}");
@@ -144,15 +157,13 @@ pub fn ops(gpu: &Gpu, runs: usize, small: bool) -> Result<Vec<serde_json::Value>
         let w = random(vec![c, c, k, k]).mul_scalar(0.05);
         let b = Tensor::<1>::zeros([c], (device, dtype));
         let pad = k / 2;
-        let ours = time_stage(runs, || {
-            drop(kernels::conv2d(x.clone(), w.clone(), 1, pad, Epilogue::bias(Some(b.clone()))));
-            sync(gpu)
-        })?;
-        let stock = time_stage(runs, || {
-            drop(conv2d(x.clone(), w.clone(), Some(b.clone()), ConvOptions::new([1, 1], [pad, pad], [1, 1], 1)));
-            sync(gpu)
-        })?;
-        report(&format!("conv2d_{k}x{k}"), format!("x[{batch},{c},{s},{s}] w[{c},{c}]"), Some(ours), stock);
+        let times = ours_and_stock(
+            gpu,
+            runs,
+            || kernels::conv2d(x.clone(), w.clone(), 1, pad, Epilogue::bias(Some(b.clone()))),
+            || conv2d(x.clone(), w.clone(), Some(b.clone()), ConvOptions::new([1, 1], [pad, pad], [1, 1], 1)),
+        )?;
+        report(&format!("conv2d_{k}x{k}"), format!("x[{batch},{c},{s},{s}] w[{c},{c}]"), times);
     }
 
     // A resnet's last conv with its residual add fused, against the stock conv and add.
@@ -161,31 +172,29 @@ pub fn ops(gpu: &Gpu, runs: usize, small: bool) -> Result<Vec<serde_json::Value>
         let (x, residual) = (random(vec![2, c, s, s]), random(vec![2, c, s, s]));
         let w = random(vec![c, c, 3, 3]).mul_scalar(0.05);
         let b = Tensor::<1>::zeros([c], (device, dtype));
-        let ours = time_stage(runs, || {
-            let epilogue = Epilogue { bias: Some(b.clone().unsqueeze()), residual: Some(residual.clone()), divisor: 1.0 };
-            drop(kernels::conv2d(x.clone(), w.clone(), 1, 1, epilogue));
-            sync(gpu)
-        })?;
-        let stock = time_stage(runs, || {
-            drop(conv2d(x.clone(), w.clone(), Some(b.clone()), ConvOptions::new([1, 1], [1, 1], [1, 1], 1)) + residual.clone());
-            sync(gpu)
-        })?;
-        report("conv2d_3x3_residual", format!("x[2,{c},{s},{s}] w[{c},{c}]"), Some(ours), stock);
+        let times = ours_and_stock(
+            gpu,
+            runs,
+            || {
+                let epilogue = Epilogue { bias: Some(b.clone().unsqueeze()), residual: Some(residual.clone()), divisor: 1.0 };
+                kernels::conv2d(x.clone(), w.clone(), 1, 1, epilogue)
+            },
+            || conv2d(x.clone(), w.clone(), Some(b.clone()), ConvOptions::new([1, 1], [1, 1], [1, 1], 1)) + residual.clone(),
+        )?;
+        report("conv2d_3x3_residual", format!("x[2,{c},{s},{s}] w[{c},{c}]"), times);
     }
 
     for (batch, channels, side) in [(2, 320, 64), (1, 128, 512)] {
         let (c, s) = ((channels / div / 32).max(1) * 32, (side / div).max(4));
         let x = random(vec![batch, c, s, s]);
         let (gamma, beta) = (Tensor::<1>::ones([c], (device, dtype)), Tensor::<1>::zeros([c], (device, dtype)));
-        let ours = time_stage(runs, || {
-            drop(kernels::group_norm(x.clone(), gamma.clone(), beta.clone(), 32, 1e-5, true));
-            sync(gpu)
-        })?;
-        let stock = time_stage(runs, || {
-            drop(kernels::group_norm_stock(x.clone(), gamma.clone(), beta.clone(), 32, 1e-5, true));
-            sync(gpu)
-        })?;
-        report("group_norm_silu", format!("[{batch},{c},{s},{s}] groups 32"), Some(ours), stock);
+        let times = ours_and_stock(
+            gpu,
+            runs,
+            || kernels::group_norm(x.clone(), gamma.clone(), beta.clone(), 32, 1e-5, true),
+            || kernels::group_norm_stock(x.clone(), gamma.clone(), beta.clone(), 32, 1e-5, true),
+        )?;
+        report("group_norm_silu", format!("[{batch},{c},{s},{s}] groups 32"), times);
     }
 
     // The transformers' LayerNorms (UNet tokens at 64..16, CLIP ViT-L's 257) and GEGLU tail.
@@ -193,28 +202,19 @@ pub fn ops(gpu: &Gpu, runs: usize, small: bool) -> Result<Vec<serde_json::Value>
         let (r, d) = (rows / div, (dim / div).max(8));
         let x = Tensor::<2>::random([r, d], Distribution::Uniform(-1.0, 1.0), (device, dtype));
         let (gamma, beta) = (Tensor::<1>::ones([d], (device, dtype)), Tensor::<1>::zeros([d], (device, dtype)));
-        let ours = time_stage(runs, || {
-            drop(kernels::layer_norm(x.clone(), gamma.clone(), beta.clone(), 1e-5));
-            sync(gpu)
-        })?;
-        let stock = time_stage(runs, || {
-            drop(kernels::layer_norm_stock(x.clone(), gamma.clone(), beta.clone(), 1e-5));
-            sync(gpu)
-        })?;
-        report("layer_norm", format!("[{r},{d}]"), Some(ours), stock);
+        let times = ours_and_stock(
+            gpu,
+            runs,
+            || kernels::layer_norm(x.clone(), gamma.clone(), beta.clone(), 1e-5),
+            || kernels::layer_norm_stock(x.clone(), gamma.clone(), beta.clone(), 1e-5),
+        )?;
+        report("layer_norm", format!("[{r},{d}]"), times);
     }
     for (rows, inner) in [(8192, 1280), (512, 5120)] {
         let (r, i) = (rows / div, inner / div);
         let x = Tensor::<2>::random([r, 2 * i], Distribution::Uniform(-1.0, 1.0), (device, dtype));
-        let ours = time_stage(runs, || {
-            drop(kernels::geglu(x.clone()));
-            sync(gpu)
-        })?;
-        let stock = time_stage(runs, || {
-            drop(kernels::geglu_stock(x.clone()));
-            sync(gpu)
-        })?;
-        report("geglu", format!("[{r},{}]", 2 * i), Some(ours), stock);
+        let times = ours_and_stock(gpu, runs, || kernels::geglu(x.clone()), || kernels::geglu_stock(x.clone()))?;
+        report("geglu", format!("[{r},{}]", 2 * i), times);
     }
 
     // Self-attention: ours on [B, L, C] with the heads in the channels, burn's on split heads.
@@ -223,16 +223,16 @@ pub fn ops(gpu: &Gpu, runs: usize, small: bool) -> Result<Vec<serde_json::Value>
         let qkv = || Tensor::<3>::random([batch, t, heads * d], Distribution::Uniform(-1.0, 1.0), (device, dtype));
         let (q, k, v) = (qkv(), qkv(), qkv());
         let split = |x: Tensor<3>| x.reshape([batch, t, heads, d]).swap_dims(1, 2);
-        let ours = time_stage(runs, || {
-            drop(kernels::attention(q.clone(), k.clone(), v.clone(), heads));
-            sync(gpu)
-        })?;
-        let stock = time_stage(runs, || {
-            let out = attention(split(q.clone()), split(k.clone()), split(v.clone()), None, None, AttentionModuleOptions::default());
-            drop(out.swap_dims(1, 2).reshape([batch, t, heads * d]));
-            sync(gpu)
-        })?;
-        report("attention", format!("[{batch},{heads},{t},{d}]"), Some(ours), stock);
+        let times = ours_and_stock(
+            gpu,
+            runs,
+            || kernels::attention(q.clone(), k.clone(), v.clone(), heads),
+            || {
+                let out = attention(split(q.clone()), split(k.clone()), split(v.clone()), None, None, AttentionModuleOptions::default());
+                out.swap_dims(1, 2).reshape([batch, t, heads * d])
+            },
+        )?;
+        report("attention", format!("[{batch},{heads},{t},{d}]"), times);
     }
 
     // Linear layers (no bias, as PyTorch's side), ours on the checkpoint's [out, in] weight.
@@ -240,15 +240,13 @@ pub fn ops(gpu: &Gpu, runs: usize, small: bool) -> Result<Vec<serde_json::Value>
         let (r, i, o) = (rows / div, inputs / div, outputs / div);
         let x = Tensor::<2>::random([r, i], Distribution::Uniform(-1.0, 1.0), (device, dtype));
         let w = Tensor::<2>::random([o, i], Distribution::Uniform(-0.05, 0.05), (device, dtype));
-        let ours = time_stage(runs, || {
-            drop(kernels::linear(x.clone(), w.clone(), None, None));
-            sync(gpu)
-        })?;
-        let stock = time_stage(runs, || {
-            drop(linear(x.clone(), w.clone().transpose(), None));
-            sync(gpu)
-        })?;
-        report("linear", format!("[{r},{i}]x[{i},{o}]"), Some(ours), stock);
+        let times = ours_and_stock(
+            gpu,
+            runs,
+            || kernels::linear(x.clone(), w.clone(), None, None),
+            || linear(x.clone(), w.clone().transpose(), None),
+        )?;
+        report("linear", format!("[{r},{i}]x[{i},{o}]"), times);
     }
     Ok(lines)
 }

@@ -7,7 +7,7 @@ use js_sys::{Array, Promise, Reflect, Uint8Array};
 use wasm_bindgen::closure::Closure;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
-use web_sys::{IdbDatabase, IdbFactory, IdbKeyRange, IdbObjectStore, IdbRequest, IdbTransaction, IdbTransactionMode};
+use web_sys::{EventTarget, IdbDatabase, IdbFactory, IdbKeyRange, IdbObjectStore, IdbRequest, IdbTransaction, IdbTransactionMode};
 
 use crate::weight_cache::{Store, StoreError};
 use crate::web_fetch::js_message;
@@ -29,45 +29,32 @@ fn classify(error: JsValue) -> StoreError {
     if name.as_deref() == Some("QuotaExceededError") { StoreError::Quota } else { other(error) }
 }
 
-/// Handlers for an IndexedDB event target that settle one promise. They hold only the promise's
-/// resolve/reject functions (never the request, whose result may be a whole tensor) and are
-/// dropped once it settles, so nothing outlives the await.
-struct Settled {
-    promise: Promise,
-    on_success: Closure<dyn FnMut()>,
-    on_failure: Closure<dyn FnMut()>,
-}
-
-impl Settled {
-    fn new() -> Self {
-        let (mut resolve, mut reject) = (None, None);
-        let promise = Promise::new(&mut |yes, no| {
-            resolve = Some(yes);
-            reject = Some(no);
-        });
-        let (resolve, reject) = (resolve.unwrap(), reject.unwrap());
-        Self {
-            promise,
-            on_success: Closure::new(move || drop(resolve.call0(&JsValue::NULL))),
-            on_failure: Closure::new(move || drop(reject.call0(&JsValue::NULL))),
-        }
+/// Waits until `target` fires `success` (true) or `failure` (false). The listeners hold only a
+/// promise's resolve/reject functions (never the request, whose result may be a whole tensor)
+/// and are removed once it settles, so nothing outlives the await.
+async fn fired(target: &EventTarget, success: &str, failure: &str) -> bool {
+    let (mut resolve, mut reject) = (None, None);
+    let promise = Promise::new(&mut |yes, no| {
+        resolve = Some(yes);
+        reject = Some(no);
+    });
+    let (resolve, reject) = (resolve.unwrap(), reject.unwrap());
+    let on_success = Closure::<dyn FnMut()>::new(move || drop(resolve.call0(&JsValue::NULL)));
+    let on_failure = Closure::<dyn FnMut()>::new(move || drop(reject.call0(&JsValue::NULL)));
+    let listeners = [(success, &on_success), (failure, &on_failure)];
+    for (event, listener) in listeners {
+        let _ = target.add_event_listener_with_callback(event, listener.as_ref().unchecked_ref());
     }
-
-    /// Whether the target succeeded.
-    async fn wait(self) -> bool {
-        JsFuture::from(self.promise).await.is_ok()
+    let succeeded = JsFuture::from(promise).await.is_ok();
+    for (event, listener) in listeners {
+        let _ = target.remove_event_listener_with_callback(event, listener.as_ref().unchecked_ref());
     }
+    succeeded
 }
 
 /// Settles when `request` succeeds (with its result) or fails (with its error).
 async fn settle(request: &IdbRequest) -> Result<JsValue, JsValue> {
-    let settled = Settled::new();
-    request.set_onsuccess(Some(settled.on_success.as_ref().unchecked_ref()));
-    request.set_onerror(Some(settled.on_failure.as_ref().unchecked_ref()));
-    let succeeded = settled.wait().await;
-    request.set_onsuccess(None);
-    request.set_onerror(None);
-    if succeeded {
+    if fired(request, "success", "error").await {
         request.result()
     } else {
         Err(request.error().ok().flatten().map(JsValue::from).unwrap_or(JsValue::NULL))
@@ -76,15 +63,10 @@ async fn settle(request: &IdbRequest) -> Result<JsValue, JsValue> {
 
 /// Settles when `transaction` commits, or fails with the error that aborted it.
 async fn committed(transaction: &IdbTransaction) -> Result<(), JsValue> {
-    let settled = Settled::new();
-    transaction.set_oncomplete(Some(settled.on_success.as_ref().unchecked_ref()));
-    transaction.set_onabort(Some(settled.on_failure.as_ref().unchecked_ref()));
-    let succeeded = settled.wait().await;
-    transaction.set_oncomplete(None);
-    transaction.set_onabort(None);
-    match succeeded {
-        true => Ok(()),
-        false => Err(transaction.error().map(JsValue::from).unwrap_or_else(|| "the transaction was aborted".into())),
+    if fired(transaction, "complete", "abort").await {
+        Ok(())
+    } else {
+        Err(transaction.error().map(JsValue::from).unwrap_or_else(|| "the transaction was aborted".into()))
     }
 }
 

@@ -21,6 +21,15 @@ impl Linear {
         })
     }
 
+    /// A 1x1 `nn.Conv2d` (weight `[out, in, 1, 1]`, with bias) as the Linear over channels it
+    /// is, to run on pixels or tokens alike (`forward_pixels_to_tokens` and back).
+    pub fn load_pointwise(w: &mut Weights, name: &str, inputs: usize, outputs: usize) -> Result<Self, LoadError> {
+        Ok(Self {
+            weight: w.tensor(&format!("{name}.weight"), [outputs, inputs, 1, 1])?.reshape([outputs, inputs]),
+            bias: Some(w.tensor(&format!("{name}.bias"), [outputs])?),
+        })
+    }
+
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         kernels::linear(x, self.weight.clone(), self.bias.clone(), None)
     }
@@ -120,19 +129,6 @@ impl Conv2d {
     /// Removes the bias and returns it, to be added through a shift (`forward_fused`).
     pub fn take_bias(&mut self) -> Option<Tensor<1>> {
         self.bias.take()
-    }
-
-    /// A 1x1 convolution of `[B, C, H, W]` to tokens `[B, H * W, O]` (no transpose after it).
-    pub fn forward_to_tokens(&self, x: Tensor<4>) -> Tensor<3> {
-        assert!(self.stride == 1 && self.padding == 0, "tokens need a pointwise convolution");
-        kernels::conv1x1_to_tokens(x, self.weight.clone(), self.bias.clone())
-    }
-
-    /// A 1x1 convolution of tokens `[B, H * W, C]` to `[B, O, H, W]` plus `residual` (no
-    /// transpose before it).
-    pub fn forward_from_tokens(&self, tokens: Tensor<3>, size: [usize; 2], residual: Tensor<4>) -> Tensor<4> {
-        assert!(self.stride == 1 && self.padding == 0, "tokens need a pointwise convolution");
-        kernels::conv1x1_from_tokens(tokens, size, self.weight.clone(), self.bias.clone(), Some(residual))
     }
 
     fn convolve(&self, x: Tensor<4>, epilogue: Epilogue) -> Tensor<4> {

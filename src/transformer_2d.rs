@@ -4,14 +4,15 @@
 use burn::tensor::Tensor;
 
 use crate::attention::BasicTransformerBlock;
-use crate::layers::{Conv2d, GroupNorm};
+use crate::layers::{GroupNorm, Linear};
 use crate::weights::{LoadError, Weights};
 
 pub struct Transformer2DModel {
     norm: GroupNorm,
-    proj_in: Conv2d,
+    /// The checkpoint's 1x1 convolutions, run as Linears between pixels and tokens.
+    proj_in: Linear,
     blocks: Vec<BasicTransformerBlock>,
-    proj_out: Conv2d,
+    proj_out: Linear,
 }
 
 impl Transformer2DModel {
@@ -26,16 +27,16 @@ impl Transformer2DModel {
         let n = |part: &str| format!("{name}.{part}");
         Ok(Self {
             norm: GroupNorm::load(w, &n("norm"), groups, channels, 1e-6)?,
-            proj_in: Conv2d::load_1x1(w, &n("proj_in"), channels, channels)?,
+            proj_in: Linear::load_pointwise(w, &n("proj_in"), channels, channels)?,
             blocks: vec![BasicTransformerBlock::load(w, &n("transformer_blocks.0"), channels, heads, context_dim)?],
-            proj_out: Conv2d::load_1x1(w, &n("proj_out"), channels, channels)?,
+            proj_out: Linear::load_pointwise(w, &n("proj_out"), channels, channels)?,
         })
     }
 
     pub fn forward(&self, x: Tensor<4>, context: &Tensor<3>) -> Tensor<4> {
         let [_, _, h, w] = x.dims();
-        let tokens = self.proj_in.forward_to_tokens(self.norm.forward(x.clone()));
+        let tokens = self.proj_in.forward_pixels_to_tokens(self.norm.forward(x.clone()));
         let tokens = self.blocks.iter().fold(tokens, |t, block| block.forward(t, context.clone()));
-        self.proj_out.forward_from_tokens(tokens, [h, w], x)
+        self.proj_out.forward_tokens_to_pixels(tokens, [h, w], x)
     }
 }
