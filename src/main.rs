@@ -89,6 +89,9 @@ mod cli {
             dtype: DTypeChoice,
             #[arg(long, value_parser = parse_size)]
             size: Option<(usize, usize)>,
+            /// Force the GEMM's per-thread block (4 or 8) instead of choosing it per shape.
+            #[arg(long, value_parser = parse_gemm_block)]
+            gemm_block: Option<u32>,
         },
         /// Times each hot operation at SD1's shapes, imvar's kernels beside burn's stock ones,
         /// and prints one JSON line per operation (compare with scripts/bench_ops_torch.py).
@@ -100,6 +103,9 @@ mod cli {
             /// Channels and sides divided by 8: a quick run for CPU adapters.
             #[arg(long)]
             small: bool,
+            /// Force the GEMM's per-thread block (4 or 8) instead of choosing it per shape.
+            #[arg(long, value_parser = parse_gemm_block)]
+            gemm_block: Option<u32>,
         },
         /// Prints the model's components, parameter counts, file dtypes and the adapter.
         Info {
@@ -122,6 +128,14 @@ mod cli {
     fn parse_size(s: &str) -> Result<(usize, usize), String> {
         let (w, h) = s.split_once(['x', 'X']).ok_or("expected WxH, e.g. 512x512")?;
         Ok((w.parse().map_err(|_| "bad width")?, h.parse().map_err(|_| "bad height")?))
+    }
+
+    fn parse_gemm_block(s: &str) -> Result<u32, String> {
+        match s {
+            "4" => Ok(4),
+            "8" => Ok(8),
+            _ => Err("expected 4 or 8".into()),
+        }
     }
 
     pub fn main() -> ExitCode {
@@ -197,19 +211,19 @@ mod cli {
                 eprintln!("{} variation(s) in {:.1} s on {}", variations.len(), started.elapsed().as_secs_f32(), gpu.capabilities.summary());
                 Ok(())
             }
-            Command::Bench { model, random_weights, n, steps, runs, variant, dtype, size } => {
+            Command::Bench { model, random_weights, n, steps, runs, variant, dtype, size, gemm_block } => {
                 let gpu = open_gpu(dtype)?;
                 let source = model_dir(&model, variant.as_deref())?;
                 let from = if random_weights { WeightsFrom::Random } else { WeightsFrom::Files };
                 let (pipeline, _) = pollster::block_on(ImageVariationPipeline::load_with(&source, &gpu, from, &mut |_| {}))
                     .map_err(|e| e.to_string())?;
-                let options = imvar::bench::BenchOptions { n, steps, runs: runs.max(1), size };
+                let options = imvar::bench::BenchOptions { n, steps, runs: runs.max(1), size, gemm_block };
                 imvar::bench::run(&pipeline, &gpu, &options).map_err(|e| e.to_string())?;
                 Ok(())
             }
-            Command::BenchOps { runs, dtype, small } => {
+            Command::BenchOps { runs, dtype, small, gemm_block } => {
                 let gpu = open_gpu(dtype)?;
-                imvar::bench::ops(&gpu, runs.max(1), small).map_err(|e| e.to_string())?;
+                imvar::bench::ops(&gpu, runs.max(1), small, gemm_block).map_err(|e| e.to_string())?;
                 Ok(())
             }
             Command::Info { model, variant, dtype } => info(&model, variant.as_deref(), dtype),

@@ -3,11 +3,11 @@
 // out[oc, pixel] = sum_k weight[oc, k] * im2col(x)[k, pixel], k = (ic, ky, kx), the im2col
 // column gathered on the fly; then the epilogue (act(conv + bias) + residual) / divisor, with a
 // bias per out channel or per (batch, out channel) and act CLIP's quick_gelu where ACTIVATION
-// is 1 (else none). With `upscale` 2 the convolution reads its input upsampled x2 by nearest
+// is 1 (else none). With UPSAMPLING 2 the convolution reads its input upsampled x2 by nearest
 // neighbour (height and width are then the upsampled ones); the upsampled input is never
-// stored. A workgroup computes a 64 (out channels) x 64 (pixels) tile in steps of 16 along k,
-// staging both operands in workgroup memory as f32; each of its 16x16 threads accumulates a
-// 4x4 block in f32 registers. `ELEM` is f32 or f16.
+// stored. Each of a workgroup's 16x16 threads accumulates a BLOCK x BLOCK block of outputs in
+// f32 registers, so a workgroup computes a 16 BLOCK (out channels) x 16 BLOCK (pixels) tile,
+// in steps along k that stage both operands in workgroup memory as f32. `ELEM` is f32 or f16.
 // X_LAYOUT and OUT_LAYOUT (fixed per compiled variant) give the layouts of x and out: 0 for
 // channels first ([B, C, H, W]), 1 for channels last ([B * H * W, C], tokens: a Linear's rows,
 // or a 1x1 convolution into or out of a transformer). Loads and stores run along whichever
@@ -17,15 +17,31 @@ ENABLE_F16
 const X_TOKENS: u32 = X_LAYOUT;
 const OUT_TOKENS: u32 = OUT_LAYOUT;
 const QUICK_GELU: u32 = ACTIVATION;
+// The kernel's side and the upsampling factor are constants so that the divisions by them in
+// every input load compile to multiplications and shifts.
+const KERNEL: u32 = FILTER_SIZE;
+const TAPS: u32 = KERNEL * KERNEL;
+const UPSCALE: u32 = UPSAMPLING;
+// 4 or 8 (chosen per shape in mod.rs). A thread reads 2 BLOCK values from workgroup memory
+// per k for BLOCK^2 FMAs: 8x8 blocks halve those reads per FMA, 4x4 blocks make tiles a
+// quarter the size, so that small outputs still spread over many workgroups.
+const BLOCK: u32 = THREAD_BLOCK;
+const TILE_M: u32 = 16u * BLOCK;
+const TILE_N: u32 = 16u * BLOCK;
+// A step of k: each thread stages 4 values of each operand.
+const TILE_K: u32 = 64u / BLOCK;
+// The staged tiles are [TILE_K][STRIDE] with their rows padded: the threads storing one
+// warp's worth of weights (TILE_K neighbouring k for 32 / TILE_K out channels) then hit 32
+// distinct memory banks instead of sharing a few.
+const STRIDE: u32 = TILE_M + 32u / TILE_K;
 
 // Every binding is read_write: cubecl's pool may place inputs and the output in one wgpu
 // buffer, and a buffer cannot be read-only and writable in the same dispatch.
 struct Params {
     batch: u32, channels: u32, height: u32, width: u32,
-    out_channels: u32, out_height: u32, out_width: u32, kernel: u32,
+    out_channels: u32, out_height: u32, out_width: u32,
     stride: u32, padding: u32,
     has_bias: u32, bias_stride: u32, has_residual: u32, divisor: f32,
-    upscale: u32, _pad: u32,
 }
 
 @group(0) @binding(0) var<storage, read_write> x: array<ELEM>;
@@ -35,13 +51,9 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> out: array<ELEM>;
 @group(0) @binding(5) var<storage, read_write> p: Params;
 
-const TILE_M: u32 = 64u;
-const TILE_N: u32 = 64u;
-const TILE_K: u32 = 16u;
-
-var<workgroup> a_tile: array<f32, 1024>; // [TILE_K][TILE_M]
+var<workgroup> a_tile: array<f32, TILE_K * STRIDE>; // weights, [TILE_K][TILE_M + pad]
 var<workgroup> shared_depth: u32;
-var<workgroup> b_tile: array<f32, 1024>; // [TILE_K][TILE_N]
+var<workgroup> b_tile: array<f32, TILE_K * STRIDE>; // im2col(x), [TILE_K][TILE_N + pad]
 
 @compute @workgroup_size(16, 16, 1)
 fn main(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) group: vec3<u32>) {
@@ -52,23 +64,22 @@ fn main(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) g
     let lane_n = select(local.x, local.y, OUT_TOKENS == 1u);
     let m0 = group.y * TILE_M;
     let n0 = (group.x + group.z * 32768u) * TILE_N; // WORKGROUPS_PER_ROW in mod.rs
-    let taps = p.kernel * p.kernel;
     // Loaded through workgroup memory so the loop bound is uniform (its barriers need that).
-    if (tid == 0u) { shared_depth = p.channels * taps; }
+    if (tid == 0u) { shared_depth = p.channels * TAPS; }
     let depth = workgroupUniformLoad(&shared_depth);
     let pixels = p.out_height * p.out_width;
     let columns = p.batch * pixels;
-    // Channels first, a thread loads one column (tid % 64) at four depths per step: where its
+    // Channels first, a thread loads one column (tid % TILE_N) at four depths per step: where its
     // window sits is worked out once here (integer division is slow on GPUs).
     let own_window = window_of(n0 + tid % TILE_N, columns, pixels);
 
-    var acc: array<array<f32, 4>, 4>;
-    for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < 4u; j++) { acc[i][j] = 0.0; }
+    var acc: array<array<f32, BLOCK>, BLOCK>;
+    for (var i = 0u; i < BLOCK; i++) {
+        for (var j = 0u; j < BLOCK; j++) { acc[i][j] = 0.0; }
     }
 
     for (var k0 = 0u; k0 < depth; k0 += TILE_K) {
-        // Weights: 64 rows x 16 k, read along k (contiguous in [oc, ic, ky, kx]).
+        // Weights: TILE_M rows x TILE_K k, read along k (contiguous in [oc, ic, ky, kx]).
         for (var l = 0u; l < 4u; l++) {
             let index = tid + l * 256u;
             let m = index / TILE_K;
@@ -77,9 +88,9 @@ fn main(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) g
             if (m0 + m < p.out_channels && k0 + kk < depth) {
                 value = f32(weight[(m0 + m) * depth + k0 + kk]);
             }
-            a_tile[kk * TILE_M + m] = value;
+            a_tile[kk * STRIDE + m] = value;
         }
-        // Inputs: 16 k x 64 columns, read along columns (neighbouring x positions) channels
+        // Inputs: TILE_K k x TILE_N columns, read along columns (neighbouring x positions) channels
         // first, along k (neighbouring channels) channels last.
         for (var l = 0u; l < 4u; l++) {
             let index = tid + l * 256u;
@@ -88,29 +99,29 @@ fn main(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) g
                 let n = index / TILE_K;
                 var value = 0.0;
                 if (k0 + kk < depth && n0 + n < columns) { value = f32(x[(n0 + n) * p.channels + k0 + kk]); }
-                b_tile[kk * TILE_N + n] = value;
+                b_tile[kk * STRIDE + n] = value;
             } else {
                 let kk = index / TILE_N;
-                b_tile[kk * TILE_N + tid % TILE_N] = input_at(k0 + kk, depth, taps, own_window);
+                b_tile[kk * STRIDE + tid % TILE_N] = input_at(k0 + kk, depth, own_window);
             }
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TILE_K; kk++) {
-            var a: array<f32, 4>;
-            var bv: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) { a[i] = a_tile[kk * TILE_M + lane_m + 16u * i]; }
-            for (var j = 0u; j < 4u; j++) { bv[j] = b_tile[kk * TILE_N + lane_n + 16u * j]; }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) { acc[i][j] = fma(a[i], bv[j], acc[i][j]); }
+            var a: array<f32, BLOCK>;
+            var bv: array<f32, BLOCK>;
+            for (var i = 0u; i < BLOCK; i++) { a[i] = a_tile[kk * STRIDE + lane_m + 16u * i]; }
+            for (var j = 0u; j < BLOCK; j++) { bv[j] = b_tile[kk * STRIDE + lane_n + 16u * j]; }
+            for (var i = 0u; i < BLOCK; i++) {
+                for (var j = 0u; j < BLOCK; j++) { acc[i][j] = fma(a[i], bv[j], acc[i][j]); }
             }
         }
         workgroupBarrier();
     }
 
-    for (var i = 0u; i < 4u; i++) {
+    for (var i = 0u; i < BLOCK; i++) {
         let m = m0 + lane_m + 16u * i;
         if (m >= p.out_channels) { continue; }
-        for (var j = 0u; j < 4u; j++) {
+        for (var j = 0u; j < BLOCK; j++) {
             let column = n0 + lane_n + 16u * j;
             if (column >= columns) { continue; }
             let b = column / pixels;
@@ -133,22 +144,22 @@ fn window_of(column: u32, columns: u32, pixels: u32) -> Window {
     let pixel = column % pixels;
     let top = i32((pixel / p.out_width) * p.stride) - i32(p.padding);
     let left = i32((pixel % p.out_width) * p.stride) - i32(p.padding);
-    let source_pixels = (p.height / p.upscale) * (p.width / p.upscale);
+    let source_pixels = (p.height / UPSCALE) * (p.width / UPSCALE);
     return Window(column / pixels * p.channels * source_pixels, top, left, column < columns);
 }
 
 // im2col(x)[k, column] for the column at `w`: the input under kernel tap k, 0 in the padding
 // and beyond the matrix.
-fn input_at(k: u32, depth: u32, taps: u32, w: Window) -> f32 {
+fn input_at(k: u32, depth: u32, w: Window) -> f32 {
     if (k >= depth || !w.valid) { return 0.0; }
-    let c = k / taps;
-    let r = k - c * taps;
-    let ky = r / p.kernel;
+    let c = k / TAPS;
+    let r = k - c * TAPS;
+    let ky = r / KERNEL;
     let iy = w.top + i32(ky);
-    let ix = w.left + i32(r - ky * p.kernel);
+    let ix = w.left + i32(r - ky * KERNEL);
     if (iy < 0 || ix < 0 || u32(iy) >= p.height || u32(ix) >= p.width) { return 0.0; }
-    let source_width = p.width / p.upscale;
-    let source_y = u32(iy) / p.upscale;
-    let source_x = u32(ix) / p.upscale;
-    return f32(x[w.base + (c * (p.height / p.upscale) + source_y) * source_width + source_x]);
+    let source_width = p.width / UPSCALE;
+    let source_y = u32(iy) / UPSCALE;
+    let source_x = u32(ix) / UPSCALE;
+    return f32(x[w.base + (c * (p.height / UPSCALE) + source_y) * source_width + source_x]);
 }

@@ -16,6 +16,8 @@
 //! - `attention`: multi-head attention with an online softmax (no score matrix), reading the
 //!   heads straight out of the projections' channels.
 
+use std::cell::Cell;
+
 use burn::backend::Cube;
 use burn::tensor::{DType, Tensor};
 use burn_cubecl::cubecl::ir::{UIntKind, metadata::Info, settings::Dim3};
@@ -62,9 +64,15 @@ impl WgslKernel {
     }
 }
 
+/// Unchecked: cubecl then compiles the WGSL without naga's loop bounding, a counter and exit
+/// test added to every loop against infinite ones. Each of our loops ends by its own bound, and
+/// the counters can keep a driver from unrolling the loops over a thread's register block.
+/// (Memory accesses are unchecked either way: the shaders guard their own.)
+const EXECUTION_MODE: ExecutionMode = ExecutionMode::Unchecked;
+
 impl KernelMetadata for WgslKernel {
     fn id(&self) -> KernelId {
-        KernelId::new::<Self>().info((self.name, self.f16, self.constants.clone()))
+        KernelId::new::<Self>().info((self.name, self.f16, self.constants.clone())).mode(EXECUTION_MODE)
     }
 
     fn address_type(&self) -> ElemType {
@@ -74,7 +82,7 @@ impl KernelMetadata for WgslKernel {
 
 impl CubeKernel for WgslKernel {
     fn define(&self) -> KernelDefinition {
-        let settings = KernelSettings::new(self.workgroup, ExecutionMode::Checked, AddressType::U32);
+        let settings = KernelSettings::new(self.workgroup, EXECUTION_MODE, AddressType::U32);
         KernelDefinition { body: Scope::root(settings.clone()), settings, info: Info::default() }
     }
 
@@ -174,7 +182,7 @@ fn conv2d_scaled(x: Tensor<4>, upscale: usize, weight: Tensor<4>, stride: usize,
     if let Some(residual) = &epilogue.residual {
         assert_eq!(residual.dims(), shape, "conv2d: residual for output {shape:?}");
     }
-    let geometry = [batch, channels, height, width, out_channels, out_height, out_width, kernel, stride, padding];
+    let geometry = [batch, channels, height, width, out_channels, out_height, out_width, stride, padding];
     let gemm = Gemm {
         bias: epilogue.bias.map(cube),
         bias_stride: bias_stride as u32,
@@ -213,7 +221,7 @@ fn linear_with<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Ten
         quick_gelu,
         bias: bias.map(cube),
         residual: residual.map(cube),
-        ..Gemm::new(x, weight, [1, inputs, 1, rows, outputs, 1, rows, 1, 1, 0])
+        ..Gemm::new(x, weight, [1, inputs, 1, rows, outputs, 1, rows, 1, 0])
     };
     Tensor::from_primitive::<Cube>(gemm.run(&shape))
 }
@@ -227,7 +235,7 @@ pub fn conv1x1_to_tokens(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>
     let gemm = Gemm {
         out_tokens: true,
         bias: bias.map(cube),
-        ..Gemm::new(x, weight, [batch, channels, height, width, outputs, height, width, 1, 1, 0])
+        ..Gemm::new(x, weight, [batch, channels, height, width, outputs, height, width, 1, 0])
     };
     Tensor::from_primitive::<Cube>(gemm.run(&[batch, height * width, outputs]))
 }
@@ -253,18 +261,20 @@ pub fn conv1x1_from_tokens(
         x_tokens: true,
         bias: bias.map(cube),
         residual: residual.map(cube),
-        ..Gemm::new(tokens, weight, [batch, channels, height, width, outputs, height, width, 1, 1, 0])
+        ..Gemm::new(tokens, weight, [batch, channels, height, width, outputs, height, width, 1, 0])
     };
     Tensor::from_primitive::<Cube>(gemm.run(&shape))
 }
 
 /// One launch of `gemm.wgsl`: a convolution in the shader's geometry (batch, channels, height,
-/// width, out channels, out height, out width, kernel, stride, padding), input and output each
-/// channels first or (`x_tokens`, `out_tokens`) channels last, then the epilogue.
+/// width, out channels, out height, out width, stride, padding; the kernel's side is the
+/// weight's), input and output each channels first or (`x_tokens`, `out_tokens`) channels
+/// last, then the epilogue.
 struct Gemm {
     x: CubeTensor,
     weight: CubeTensor,
-    geometry: [u32; 10],
+    kernel: u32,
+    geometry: [u32; 9],
     x_tokens: bool,
     out_tokens: bool,
     quick_gelu: bool,
@@ -279,10 +289,13 @@ struct Gemm {
 
 impl Gemm {
     /// Channels first in and out, no epilogue: the fields to change are set over it.
-    fn new<const D: usize, const W: usize>(x: Tensor<D>, weight: Tensor<W>, geometry: [usize; 10]) -> Self {
+    fn new<const D: usize, const W: usize>(x: Tensor<D>, weight: Tensor<W>, geometry: [usize; 9]) -> Self {
+        // `[O, C, k, k]` for a convolution, `[O, K]` for a Linear.
+        let kernel = if W == 4 { weight.dims()[2] } else { 1 };
         Self {
             x: cube(x),
             weight: cube(weight),
+            kernel: kernel as u32,
             geometry: geometry.map(|v| v as u32),
             x_tokens: false,
             out_tokens: false,
@@ -297,28 +310,70 @@ impl Gemm {
 
     /// Launches it for an output of `shape`.
     fn run(self, shape: &[usize]) -> CubeTensor {
-        let Self { x, weight, geometry, x_tokens, out_tokens, quick_gelu, upscale, bias, bias_stride, residual, divisor } = self;
+        let Self { x, weight, kernel, geometry, x_tokens, out_tokens, quick_gelu, upscale, bias, bias_stride, residual, divisor } = self;
         let client = x.client.clone();
         let f16 = is_f16(&[&x, &weight].into_iter().chain(bias.as_ref()).chain(residual.as_ref()).collect::<Vec<_>>());
         let flags = [bias.is_some() as u32, bias_stride, residual.is_some() as u32, divisor.to_bits()];
         let bias = bias.map_or_else(|| absent(&client), |b| b.handle);
         let residual = residual.map_or_else(|| absent(&client), |r| r.handle);
         let out = empty_device_contiguous_dtype(client.clone(), x.device.clone(), burn::tensor::Shape::from(shape.to_vec()), x.dtype);
-        let p = params(&client, &[&geometry[..], &flags, &[upscale, 0]].concat());
-        let mut kernel = WgslKernel::new("gemm", GEMM, f16, Dim3::new_2d(16, 16));
-        kernel.constants = vec![("X_LAYOUT", x_tokens as u32), ("OUT_LAYOUT", out_tokens as u32), ("ACTIVATION", quick_gelu as u32)];
+        let p = params(&client, &[&geometry[..], &flags].concat());
+        let [batch, _, _, _, out_channels, out_height, out_width, ..] = geometry;
+        let columns = batch * out_height * out_width;
+        let block = thread_block(out_channels, columns);
+        let mut shader = WgslKernel::new("gemm", GEMM, f16, Dim3::new_2d(16, 16));
+        shader.constants = vec![
+            ("X_LAYOUT", x_tokens as u32),
+            ("OUT_LAYOUT", out_tokens as u32),
+            ("ACTIVATION", quick_gelu as u32),
+            ("FILTER_SIZE", kernel),
+            ("UPSAMPLING", upscale),
+            ("THREAD_BLOCK", block),
+        ];
         // Column (pixel) tiles along x (beyond 65,535 workgroups, as a 2048x2048 output has, on
         // rows of z), output-channel tiles along y.
-        let [batch, _, _, _, out_channels, out_height, out_width, ..] = geometry;
-        let column_tiles = (batch * out_height * out_width).div_ceil(64);
+        let tile = 16 * block;
+        let column_tiles = columns.div_ceil(tile);
         let count = CubeCount::Static(
             column_tiles.min(WORKGROUPS_PER_ROW),
-            out_channels.div_ceil(64),
+            out_channels.div_ceil(tile),
             column_tiles.div_ceil(WORKGROUPS_PER_ROW),
         );
-        launch(&client, kernel, count, [x.handle, weight.handle, bias, residual, out.handle.clone(), p]);
+        launch(&client, shader, count, [x.handle, weight.handle, bias, residual, out.handle.clone(), p]);
         out
     }
+}
+
+/// The GEMM's per-thread block side (its tiles are 16 times that), unless forced. 8x8 blocks
+/// do twice the FMAs per workgroup-memory read of 4x4 ones, but their 128x128 tiles leave a small output to few
+/// workgroups (idle multiprocessors) and pad 320 out channels to 384 where 64-tiles pad none.
+/// So large tiles only where they still make `LARGE_TILE_MIN_WORKGROUPS` workgroups and pad
+/// the work by at most an eighth more than small ones. Both figures are first guesses, to be
+/// set from `bench-ops --gemm-block 4` and `8` on GPUs (docs/performance.md).
+fn thread_block(out_channels: u32, columns: u32) -> u32 {
+    FORCED_THREAD_BLOCK.get().unwrap_or_else(|| block_for_shape(out_channels, columns))
+}
+
+fn block_for_shape(out_channels: u32, columns: u32) -> u32 {
+    let padded_work = |tile: u32| u64::from(out_channels.div_ceil(tile) * tile) * u64::from(columns.div_ceil(tile) * tile);
+    let large_workgroups = out_channels.div_ceil(128) * columns.div_ceil(128);
+    if large_workgroups >= LARGE_TILE_MIN_WORKGROUPS && padded_work(128) * 8 <= padded_work(64) * 9 { 8 } else { 4 }
+}
+
+/// Two workgroups for each of an H200's 132 multiprocessors, rounded.
+const LARGE_TILE_MIN_WORKGROUPS: u32 = 256;
+
+thread_local! {
+    /// The thread block `force_thread_block` set. Per thread (operations launch from the
+    /// thread that calls them), so a test that forces one leaves the tests beside it alone.
+    static FORCED_THREAD_BLOCK: Cell<Option<u32>> = const { Cell::new(None) };
+}
+
+/// Makes every GEMM this thread launches use `block` (4 or 8) instead of choosing by shape, or
+/// (`None`) choose again: for benchmarks that measure the choice, and tests of both variants.
+pub fn force_thread_block(block: Option<u32>) {
+    assert!(matches!(block, None | Some(4 | 8)), "the GEMM's thread block is 4 or 8, not {block:?}");
+    FORCED_THREAD_BLOCK.set(block);
 }
 
 /// Values of one (batch, group) per GroupNorm workgroup: 16 per thread at least, more where a
@@ -460,11 +515,12 @@ mod tests {
         Tensor::from_data(TensorData::new(values.to_vec(), shape), (&gpu.device, dtype))
     }
 
-    /// Shapes that are not multiples of the 64x64x16 tile, batch > 1, stride 2, padding edges,
-    /// 1x1, no bias, and one exact tile.
+    /// Shapes that are not multiples of either tile (64 or 128 square, 16 or 8 deep) and span
+    /// several (198 columns, 130 out channels), batch > 1, stride 2, padding edges, 1x1, no
+    /// bias, and one exact small tile.
     const CONVS: [([usize; 4], [usize; 4], usize, usize, bool); 5] = [
         ([2, 5, 9, 11], [7, 5, 3, 3], 1, 1, true),
-        ([1, 33, 13, 10], [70, 33, 3, 3], 2, 1, false),
+        ([1, 33, 13, 10], [130, 33, 3, 3], 2, 1, false),
         ([3, 17, 8, 9], [20, 17, 1, 1], 1, 0, true),
         ([1, 4, 5, 5], [3, 4, 3, 3], 1, 0, true),
         ([1, 64, 8, 8], [64, 64, 3, 3], 1, 1, true),
@@ -681,12 +737,16 @@ mod tests {
     #[test]
     fn shaders_are_valid_wgsl() {
         use burn::tensor::wgpu::wgpu::naga;
-        let gemm_layouts = [(0, 0, 0), (0, 1, 0), (1, 0, 0), (1, 1, 0), (1, 1, 1)]
-            .map(|(x, out, activation)| vec![("X_LAYOUT", x), ("OUT_LAYOUT", out), ("ACTIVATION", activation)]);
+        let gemm_layouts = [(0, 0, 0), (0, 1, 0), (1, 0, 0), (1, 1, 0), (1, 1, 1)];
+        let gemm_variants = gemm_layouts.into_iter().flat_map(|(x, out, activation)| {
+            [(3, 2, 4), (1, 1, 8)].map(|(kernel, upscale, block)| {
+                vec![("X_LAYOUT", x), ("OUT_LAYOUT", out), ("ACTIVATION", activation), ("FILTER_SIZE", kernel), ("UPSAMPLING", upscale), ("THREAD_BLOCK", block)]
+            })
+        });
         let head_dims = [(40, 40, 64, 1), (512, 128, 4, 0)]
             .map(|(d, chunk, tile, registers)| vec![("HEAD_DIM", d), ("CHUNK_DIM", chunk), ("TILE_KEYS", tile), ("QUERY_IN_REGISTERS", registers)]);
         let shaders = [
-            ("gemm", super::GEMM, gemm_layouts.to_vec()),
+            ("gemm", super::GEMM, gemm_variants.collect()),
             ("group_norm_stats", super::GROUP_NORM_STATS, vec![vec![]]),
             ("group_norm", super::GROUP_NORM, vec![vec![]]),
             ("layer_norm", super::LAYER_NORM, vec![vec![]]),
@@ -705,6 +765,21 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The rule's intent at SD1's shapes.
+    #[test]
+    fn large_tiles_only_where_they_stay_many_and_full() {
+        use super::block_for_shape;
+        // The VAE decoder's convs at 512x512 and the UNet's feed-forward at batch 2.
+        assert_eq!(block_for_shape(128, 512 * 512), 8);
+        assert_eq!(block_for_shape(512, 128 * 128), 8);
+        assert_eq!(block_for_shape(2560, 2 * 64 * 64), 8);
+        // 320 channels (padded to 384), 1280 channels over 8x8 latents (10 large tiles), and
+        // the VAE's 3 output channels.
+        assert_eq!(block_for_shape(320, 2 * 64 * 64), 4);
+        assert_eq!(block_for_shape(1280, 2 * 8 * 8), 4);
+        assert_eq!(block_for_shape(3, 512 * 512), 4);
     }
 
     /// Dispatches beyond 32,768 workgroups in a row (the conv's z rows, `grid`'s y rows) and a
@@ -789,14 +864,23 @@ mod tests {
         }
     }
 
+    /// Every use of the GEMM shader, with each thread block.
+    async fn check_gemms(gpu: &Gpu, tolerance: f32) {
+        for block in [4, 8] {
+            super::force_thread_block(Some(block));
+            check_conv2d(gpu, tolerance).await;
+            check_conv2d_epilogue(gpu, tolerance).await;
+            check_conv2d_upsampled(gpu, tolerance).await;
+            check_linear(gpu, tolerance).await;
+            check_conv1x1_tokens(gpu, tolerance).await;
+        }
+        super::force_thread_block(None);
+    }
+
     gpu_test! {
         async fn f32_kernels_match_the_cpu_and_burns_stock_ops() {
             let gpu = shared_gpu(DTypeChoice::Exactly(ComputeDType::F32)).await;
-            check_conv2d(&gpu, 1e-4).await;
-            check_conv2d_epilogue(&gpu, 1e-4).await;
-            check_conv2d_upsampled(&gpu, 1e-4).await;
-            check_linear(&gpu, 1e-4).await;
-            check_conv1x1_tokens(&gpu, 1e-4).await;
+            check_gemms(&gpu, 1e-4).await;
             check_group_norm(&gpu, 1e-4).await;
             check_layer_norm(&gpu, 1e-4).await;
             check_geglu(&gpu, 1e-4).await;
@@ -812,11 +896,7 @@ mod tests {
                 return;
             }
             let gpu = shared_gpu(DTypeChoice::Exactly(ComputeDType::F16)).await;
-            check_conv2d(&gpu, 3e-2).await;
-            check_conv2d_epilogue(&gpu, 3e-2).await;
-            check_conv2d_upsampled(&gpu, 3e-2).await;
-            check_linear(&gpu, 3e-2).await;
-            check_conv1x1_tokens(&gpu, 3e-2).await;
+            check_gemms(&gpu, 3e-2).await;
             check_group_norm(&gpu, 3e-2).await;
             check_layer_norm(&gpu, 3e-2).await;
             check_geglu(&gpu, 3e-2).await;
