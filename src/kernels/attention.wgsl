@@ -6,7 +6,12 @@
 // workgroup memory T at a time; each thread keeps its running max, sum and output chunk in
 // f32, and its query too when it is small enough (else it rereads it: the VAE's single
 // 512-wide head would not fit a thread's registers twice). `ELEM` is f32 or f16; HEAD_DIM,
-// CHUNK_DIM, TILE_KEYS and QUERY_IN_REGISTERS are fixed per compiled variant.
+// CHUNK_DIM, KEY_GROUP, TILE_KEYS and QUERY_IN_REGISTERS are fixed per compiled variant.
+//
+// Head dims are handled as vec4s (zero-padded to a multiple of 4): one workgroup-memory read
+// feeds four FMAs. Keys are scored GROUP at a time into registers, and the running output is
+// rescaled once per group; every loop over a thread's registers has a constant trip count so
+// that it unrolls and nothing is indexed dynamically.
 ENABLE_F16
 
 // Every binding is read_write: cubecl's pool may place inputs and the output in one wgpu
@@ -24,13 +29,33 @@ struct Params {
 
 const D: u32 = HEAD_DIMu;
 const DC: u32 = CHUNK_DIMu;
+const D4: u32 = (D + 3u) / 4u;
+const DC4: u32 = (DC + 3u) / 4u;
+// Keys scored together, and keys per tile (a multiple of GROUP).
+const GROUP: u32 = KEY_GROUPu;
 const T: u32 = TILE_KEYSu;
 const PRIVATE_QUERY: bool = QUERY_IN_REGISTERSu != 0u;
-const QUERY_LEN: u32 = select(1u, D, PRIVATE_QUERY);
+const QUERY_LEN: u32 = select(1u, D4, PRIVATE_QUERY);
 
-var<workgroup> k_tile: array<f32, T * D>;
-var<workgroup> v_tile: array<f32, T * DC>;
+var<workgroup> k_tile: array<vec4<f32>, T * D4>;
+var<workgroup> v_tile: array<vec4<f32>, T * DC4>;
 var<workgroup> shared_keys: u32;
+
+// Element `index` of q (`tensor` 0), k (1) or v (2): one loader for the three bindings.
+fn element(tensor: u32, index: u32) -> f32 {
+    switch tensor {
+        case 0u: { return f32(q[index]); }
+        case 1u: { return f32(k[index]); }
+        default: { return f32(v[index]); }
+    }
+}
+
+// Four consecutive values of a row (at offset `row` in `tensor`) from `dim` on, 0 from `len`.
+fn load4(tensor: u32, row: u32, dim: u32, len: u32) -> vec4<f32> {
+    var r = vec4<f32>(0.0);
+    for (var c = 0u; c < 4u; c++) { if (dim + c < len) { r[c] = element(tensor, row + dim + c); } }
+    return r;
+}
 
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) group: vec3<u32>) {
@@ -44,51 +69,67 @@ fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) group:
     let chunk = group.z * DC;
     let query_base = (b * p.queries + min(row, p.queries - 1u)) * p.channels + h * D;
 
-    var query: array<f32, QUERY_LEN>;
-    var acc: array<f32, DC>;
+    var query: array<vec4<f32>, QUERY_LEN>;
+    var acc: array<vec4<f32>, DC4>;
     if (PRIVATE_QUERY) {
-        for (var d = 0u; d < D; d++) { query[d] = f32(q[query_base + d]) * p.scale; }
+        for (var d = 0u; d < D4; d++) { query[d] = load4(0u, query_base, 4u * d, D) * p.scale; }
     }
     var running_max = -3.0e38;
     var running_sum = 0.0;
 
     for (var s0 = 0u; s0 < keys; s0 += T) {
         let count = min(T, keys - s0);
-        for (var e = tid; e < count * D; e += 64u) {
-            k_tile[e] = f32(k[(b * keys + s0 + e / D) * p.channels + h * D + e % D]);
+        // Rows past `count` are zeros, so the unused keys of a last group read finite values.
+        for (var e = tid; e < T * D4; e += 64u) {
+            let j = e / D4;
+            let key_row = (b * keys + s0 + min(j, count - 1u)) * p.channels + h * D;
+            k_tile[e] = select(vec4<f32>(0.0), load4(1u, key_row, 4u * (e % D4), D), j < count);
         }
-        for (var e = tid; e < count * DC; e += 64u) {
-            v_tile[e] = f32(v[(b * keys + s0 + e / DC) * p.channels + h * D + chunk + e % DC]);
+        for (var e = tid; e < T * DC4; e += 64u) {
+            let j = e / DC4;
+            let value_row = (b * keys + s0 + min(j, count - 1u)) * p.channels + h * D + chunk;
+            v_tile[e] = select(vec4<f32>(0.0), load4(2u, value_row, 4u * (e % DC4), DC), j < count);
         }
         workgroupBarrier();
-        var scores: array<f32, T>;
-        var tile_max = -3.0e38;
-        for (var j = 0u; j < count; j++) {
-            var dot = 0.0;
-            if (PRIVATE_QUERY) {
-                for (var d = 0u; d < D; d++) { dot = fma(query[d], k_tile[j * D + d], dot); }
-            } else {
-                for (var d = 0u; d < D; d++) { dot = fma(f32(q[query_base + d]), k_tile[j * D + d], dot); }
-                dot *= p.scale;
+        for (var g = 0u; g < count; g += GROUP) {
+            var scores: array<f32, GROUP>;
+            var group_max = -3.0e38;
+            for (var j = 0u; j < GROUP; j++) {
+                var dot4 = vec4<f32>(0.0);
+                for (var d = 0u; d < D4; d++) {
+                    let key = k_tile[(g + j) * D4 + d];
+                    if (PRIVATE_QUERY) {
+                        dot4 = fma(query[d], key, dot4);
+                    } else {
+                        dot4 = fma(load4(0u, query_base, 4u * d, D) * p.scale, key, dot4);
+                    }
+                }
+                // Keys past `count` weigh nothing (a group holds at least one real key, so
+                // the running max is finite after it).
+                scores[j] = select(-3.0e38, (dot4.x + dot4.y) + (dot4.z + dot4.w), g + j < count);
+                group_max = max(group_max, scores[j]);
             }
-            scores[j] = dot;
-            tile_max = max(tile_max, dot);
+            let new_max = max(running_max, group_max);
+            let correction = exp(running_max - new_max);
+            running_sum *= correction;
+            for (var d = 0u; d < DC4; d++) { acc[d] *= correction; }
+            for (var j = 0u; j < GROUP; j++) {
+                let weight = exp(scores[j] - new_max);
+                running_sum += weight;
+                for (var d = 0u; d < DC4; d++) { acc[d] = fma(vec4<f32>(weight), v_tile[(g + j) * DC4 + d], acc[d]); }
+            }
+            running_max = new_max;
         }
-        let new_max = max(running_max, tile_max);
-        let correction = exp(running_max - new_max);
-        running_sum *= correction;
-        for (var d = 0u; d < DC; d++) { acc[d] *= correction; }
-        for (var j = 0u; j < count; j++) {
-            let weight = exp(scores[j] - new_max);
-            running_sum += weight;
-            for (var d = 0u; d < DC; d++) { acc[d] = fma(weight, v_tile[j * DC + d], acc[d]); }
-        }
-        running_max = new_max;
         workgroupBarrier();
     }
 
     if (in_range) {
         let inverse = 1.0 / running_sum;
-        for (var d = 0u; d < DC; d++) { out[query_base + chunk + d] = ELEM(acc[d] * inverse); }
+        let base = query_base + chunk;
+        for (var d = 0u; d < DC4; d++) {
+            for (var c = 0u; c < 4u; c++) {
+                if (4u * d + c < DC) { out[base + 4u * d + c] = ELEM(acc[d][c] * inverse); }
+            }
+        }
     }
 }
