@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Joins the JSON lines of one GPU benchmark run (scripts/gpu_bench) into the Markdown tables
 of docs/performance.md: per operation imvar's kernel, burn's stock op and PyTorch; per
-pipeline stage imvar against PyTorch, with ratios; and the GEMM's thread block chosen per shape
-against each forced.
+pipeline stage imvar against PyTorch, with ratios; and the GEMM's choices by shape (thread
+block, split depth) against each forced.
 
     python3 scripts/compare_bench.py DIR
 """
@@ -46,20 +46,19 @@ def main():
                 print(f"| {l['stage']} (batch {l['batch']}) | {dtype} | {ms(l['median_ms'])} | "
                       f"{ms(torch.get(l['stage']))} | {ratio(l['median_ms'], torch.get(l['stage']))} |")
     print()
-    print("| GEMM op or stage | shape | f16 ms, chosen per shape | block 4 forced | block 8 forced |")
-    print("|---|---|---|---|---|")
+    variants = ("block4", "block8", "nosplit")
+    print("| GEMM op or stage | shape | f16 ms, chosen per shape | block 4 forced | block 8 forced | depth never split |")
+    print("|---|---|---|---|---|---|")
     chosen = {(l["op"], l["shape"]): l["ours_ms"] for l in lines(root / "ops-imvar-f16.jsonl")}
-    forced = {block: {(l["op"], l["shape"]): l["ours_ms"] for l in lines(root / f"ops-imvar-f16-block{block}.jsonl")}
-              for block in (4, 8)}
+    forced = {v: {(l["op"], l["shape"]): l["ours_ms"] for l in lines(root / f"ops-imvar-f16-{v}.jsonl")} for v in variants}
     for key in chosen:
         if key[0].startswith(("conv2d", "linear")):
-            print(f"| {key[0]} | {key[1]} | {ms(chosen[key])} | {ms(forced[4].get(key))} | {ms(forced[8].get(key))} |")
+            print(f"| {key[0]} | {key[1]} | {ms(chosen[key])} | " + " | ".join(ms(forced[v].get(key)) for v in variants) + " |")
     chosen = {l["stage"]: l["median_ms"] for l in lines(root / "pipeline-imvar-f16.jsonl") if "median_ms" in l}
-    forced = {block: {l["stage"]: l["median_ms"] for l in lines(root / f"pipeline-imvar-f16-block{block}.jsonl")
-                      if "median_ms" in l} for block in (4, 8)}
+    forced = {v: {l["stage"]: l["median_ms"] for l in lines(root / f"pipeline-imvar-f16-{v}.jsonl") if "median_ms" in l}
+              for v in variants}
     for stage in ("clip_encode", "unet_call", "vae_decode"):
-        print(f"| {stage} | batch as above | {ms(chosen.get(stage))} | {ms(forced[4].get(stage))} | {ms(forced[8].get(stage))} |")
-
+        print(f"| {stage} | as above | {ms(chosen.get(stage))} | " + " | ".join(ms(forced[v].get(stage)) for v in variants) + " |")
 
 if __name__ == "__main__":
     main()

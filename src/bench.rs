@@ -7,6 +7,7 @@ use burn::tensor::{DType, Distribution, Tensor};
 use serde_json::json;
 
 use crate::gpu::Gpu;
+use crate::kernels::GemmForcing;
 use crate::pipeline::{GenerateOptions, ImageVariationPipeline, PipelineError};
 use crate::preprocess::RgbImage;
 use crate::torch_rng::BatchNoise;
@@ -16,9 +17,8 @@ pub struct BenchOptions {
     pub steps: usize,
     pub runs: usize,
     pub size: Option<(usize, usize)>,
-    /// The GEMM thread block to force (`kernels::force_thread_block`); `None` lets each shape
-    /// choose.
-    pub gemm_block: Option<u32>,
+    /// What to force on the GEMMs instead of their choice by shape.
+    pub gemm: GemmForcing,
 }
 
 /// Median wall time in milliseconds of `runs` calls of `stage` after one warm-up call; `stage`
@@ -43,7 +43,7 @@ fn sync(gpu: &Gpu) -> Result<(), PipelineError> {
 pub fn run(pipeline: &ImageVariationPipeline, gpu: &Gpu, options: &BenchOptions) -> Result<Vec<serde_json::Value>, PipelineError> {
     let caps = &gpu.capabilities;
     let dtype = DType::from(caps.compute_dtype.burn());
-    crate::kernels::force_thread_block(options.gemm_block);
+    crate::kernels::force_gemm(options.gemm);
     let (width, height) = options.size.unwrap_or(pipeline.default_size());
     let unet = pipeline.unet().config();
     let scale = pipeline.vae().config().scale_factor();
@@ -55,7 +55,7 @@ pub fn run(pipeline: &ImageVariationPipeline, gpu: &Gpu, options: &BenchOptions)
         let line = json!({
             "stage": stage, "median_ms": (ms * 1000.0).round() / 1000.0, "runs": options.runs, "batch": batch,
             "width": width, "height": height, "steps": options.steps, "dtype": caps.compute_dtype,
-            "gemm_block": options.gemm_block, "adapter": caps.adapter, "backend": caps.backend,
+            "gemm_block": options.gemm.block, "gemm_splits": options.gemm.splits, "adapter": caps.adapter, "backend": caps.backend,
         });
         println!("{line}");
         lines.push(line);
@@ -125,9 +125,8 @@ fn ours_and_stock<A, B>(gpu: &Gpu, runs: usize, ours: impl Fn() -> A, stock: imp
 /// `imvar bench-ops`: each hot operation at SD1's shapes (`small`: channels and sides / 8, for
 /// a quick run on a CPU adapter), ours beside burn's stock operation, one JSON line per
 /// (op, shape). `scripts/bench_ops_torch.py` prints the same lines for
-/// PyTorch, so both can be compared from one run on the same GPU. `gemm_block` as in
-/// `BenchOptions`.
-pub fn ops(gpu: &Gpu, runs: usize, small: bool, gemm_block: Option<u32>) -> Result<Vec<serde_json::Value>, PipelineError> {
+/// PyTorch, so both can be compared from one run on the same GPU. `gemm` as in `BenchOptions`.
+pub fn ops(gpu: &Gpu, runs: usize, small: bool, gemm: GemmForcing) -> Result<Vec<serde_json::Value>, PipelineError> {
     use burn::tensor::module::{attention, conv2d, linear};
     use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
 
@@ -137,7 +136,7 @@ pub fn ops(gpu: &Gpu, runs: usize, small: bool, gemm_block: Option<u32>) -> Resu
     let dtype = DType::from(caps.compute_dtype.burn());
     let device = &gpu.device;
     let div = if small { 8 } else { 1 };
-    kernels::force_thread_block(gemm_block);
+    kernels::force_gemm(gemm);
     let random = |shape: Vec<usize>| Tensor::<4>::random(
         [shape[0], shape[1], shape[2], shape[3]], Distribution::Uniform(-1.0, 1.0), (device, dtype));
     let mut lines = Vec::new();
@@ -145,7 +144,7 @@ pub fn ops(gpu: &Gpu, runs: usize, small: bool, gemm_block: Option<u32>) -> Resu
         let round = |ms: f64| (ms * 1000.0).round() / 1000.0;
         let line = json!({
             "op": op, "shape": shape, "dtype": caps.compute_dtype, "ours_ms": round(ours),
-            "burn_ms": round(stock), "runs": runs, "gemm_block": gemm_block, "adapter": caps.adapter, "backend": caps.backend,
+            "burn_ms": round(stock), "runs": runs, "gemm_block": gemm.block, "gemm_splits": gemm.splits, "adapter": caps.adapter, "backend": caps.backend,
         });
         println!("{line}");
         lines.push(line);

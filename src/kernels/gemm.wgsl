@@ -8,6 +8,9 @@
 // stored. Each of a workgroup's 16x16 threads accumulates a BLOCK x BLOCK block of outputs in
 // f32 registers, so a workgroup computes a 16 BLOCK (out channels) x 16 BLOCK (pixels) tile,
 // in steps along k that stage both operands in workgroup memory as f32. `ELEM` is f32 or f16.
+// Where few tiles would each run a long depth (deep layers on small latents), the depth is
+// split into `p.splits` parts along z: each workgroup then stores its tile's partial sums, and
+// gemm_reduce.wgsl adds them up and applies the epilogue.
 // X_LAYOUT and OUT_LAYOUT (fixed per compiled variant) give the layouts of x and out: 0 for
 // channels first ([B, C, H, W]), 1 for channels last ([B * H * W, C], tokens: a Linear's rows,
 // or a 1x1 convolution into or out of a transformer). Loads and stores run along whichever
@@ -15,8 +18,6 @@
 ENABLE_F16
 
 const X_TOKENS: u32 = X_LAYOUT;
-const OUT_TOKENS: u32 = OUT_LAYOUT;
-const QUICK_GELU: u32 = ACTIVATION;
 // The kernel's side and the upsampling factor are constants so that the divisions by them in
 // every input load compile to multiplications and shifts.
 const KERNEL: u32 = FILTER_SIZE;
@@ -35,24 +36,12 @@ const TILE_K: u32 = 64u / BLOCK;
 // distinct memory banks instead of sharing a few.
 const STRIDE: u32 = TILE_M + 32u / TILE_K;
 
-// Every binding is read_write: cubecl's pool may place inputs and the output in one wgpu
-// buffer, and a buffer cannot be read-only and writable in the same dispatch.
-struct Params {
-    batch: u32, channels: u32, height: u32, width: u32,
-    out_channels: u32, out_height: u32, out_width: u32,
-    stride: u32, padding: u32,
-    has_bias: u32, bias_stride: u32, has_residual: u32, divisor: f32,
-}
-
-@group(0) @binding(0) var<storage, read_write> x: array<ELEM>;
-@group(0) @binding(1) var<storage, read_write> weight: array<ELEM>;
-@group(0) @binding(2) var<storage, read_write> bias: array<ELEM>;
-@group(0) @binding(3) var<storage, read_write> residual: array<ELEM>;
-@group(0) @binding(4) var<storage, read_write> out: array<ELEM>;
-@group(0) @binding(5) var<storage, read_write> p: Params;
+// The parameters, bias, residual, output and partial sums: gemm_output.wgsl, appended.
+@group(0) @binding(5) var<storage, read_write> x: array<ELEM>;
+@group(0) @binding(6) var<storage, read_write> weight: array<ELEM>;
 
 var<workgroup> a_tile: array<f32, TILE_K * STRIDE>; // weights, [TILE_K][TILE_M + pad]
-var<workgroup> shared_depth: u32;
+var<workgroup> shared_bounds: vec2<u32>;
 var<workgroup> b_tile: array<f32, TILE_K * STRIDE>; // im2col(x), [TILE_K][TILE_N + pad]
 
 @compute @workgroup_size(16, 16, 1)
@@ -62,11 +51,18 @@ fn main(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) g
     // channels-last output so that neighbouring threads store neighbouring channels.
     let lane_m = select(local.y, local.x, OUT_TOKENS == 1u);
     let lane_n = select(local.x, local.y, OUT_TOKENS == 1u);
+    let split = p.splits > 1u;
     let m0 = group.y * TILE_M;
-    let n0 = (group.x + group.z * 32768u) * TILE_N; // WORKGROUPS_PER_ROW in mod.rs
-    // Loaded through workgroup memory so the loop bound is uniform (its barriers need that).
-    if (tid == 0u) { shared_depth = p.channels * TAPS; }
-    let depth = workgroupUniformLoad(&shared_depth);
+    // z is the part of a split depth, else a further row of column tiles.
+    let n0 = (group.x + select(group.z * 32768u, 0u, split)) * TILE_N; // WORKGROUPS_PER_ROW in mod.rs
+    let depth = p.channels * TAPS;
+    // This workgroup's part of the depth, loaded through workgroup memory so that the loop
+    // bounds are uniform (its barriers need that).
+    if (tid == 0u) {
+        let begin = select(0u, group.z * p.split_depth, split);
+        shared_bounds = vec2<u32>(begin, min(depth, select(depth, begin + p.split_depth, split)));
+    }
+    let bounds = workgroupUniformLoad(&shared_bounds);
     let pixels = p.out_height * p.out_width;
     let columns = p.batch * pixels;
     // Channels first, a thread loads one column (tid % TILE_N) at four depths per step: where its
@@ -78,14 +74,14 @@ fn main(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) g
         for (var j = 0u; j < BLOCK; j++) { acc[i][j] = 0.0; }
     }
 
-    for (var k0 = 0u; k0 < depth; k0 += TILE_K) {
+    for (var k0 = bounds.x; k0 < bounds.y; k0 += TILE_K) {
         // Weights: TILE_M rows x TILE_K k, read along k (contiguous in [oc, ic, ky, kx]).
         for (var l = 0u; l < 4u; l++) {
             let index = tid + l * 256u;
             let m = index / TILE_K;
             let kk = index % TILE_K;
             var value = 0.0;
-            if (m0 + m < p.out_channels && k0 + kk < depth) {
+            if (m0 + m < p.out_channels && k0 + kk < bounds.y) {
                 value = f32(weight[(m0 + m) * depth + k0 + kk]);
             }
             a_tile[kk * STRIDE + m] = value;
@@ -98,11 +94,11 @@ fn main(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) g
                 let kk = index % TILE_K;
                 let n = index / TILE_K;
                 var value = 0.0;
-                if (k0 + kk < depth && n0 + n < columns) { value = f32(x[(n0 + n) * p.channels + k0 + kk]); }
+                if (k0 + kk < bounds.y && n0 + n < columns) { value = f32(x[(n0 + n) * p.channels + k0 + kk]); }
                 b_tile[kk * STRIDE + n] = value;
             } else {
                 let kk = index / TILE_N;
-                b_tile[kk * STRIDE + tid % TILE_N] = input_at(k0 + kk, depth, own_window);
+                b_tile[kk * STRIDE + tid % TILE_N] = input_at(k0 + kk, bounds.y, own_window);
             }
         }
         workgroupBarrier();
@@ -124,14 +120,11 @@ fn main(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) g
         for (var j = 0u; j < BLOCK; j++) {
             let column = n0 + lane_n + 16u * j;
             if (column >= columns) { continue; }
-            let b = column / pixels;
-            var index = (b * p.out_channels + m) * pixels + column % pixels;
-            if (OUT_TOKENS == 1u) { index = column * p.out_channels + m; }
-            var y = acc[i][j];
-            if (p.has_bias != 0u) { y += f32(bias[b * p.bias_stride + m]); }
-            if (QUICK_GELU == 1u) { y = y / (1.0 + exp(-1.702 * y)); }
-            if (p.has_residual != 0u) { y += f32(residual[index]); }
-            out[index] = ELEM(y / p.divisor);
+            if (split) {
+                partials[(group.z * p.out_channels + m) * columns + column] = acc[i][j];
+            } else {
+                store_output(m, column, acc[i][j]);
+            }
         }
     }
 }
@@ -149,9 +142,9 @@ fn window_of(column: u32, columns: u32, pixels: u32) -> Window {
 }
 
 // im2col(x)[k, column] for the column at `w`: the input under kernel tap k, 0 in the padding
-// and beyond the matrix.
-fn input_at(k: u32, depth: u32, w: Window) -> f32 {
-    if (k >= depth || !w.valid) { return 0.0; }
+// and from depth `end` on.
+fn input_at(k: u32, end: u32, w: Window) -> f32 {
+    if (k >= end || !w.valid) { return 0.0; }
     let c = k / TAPS;
     let r = k - c * TAPS;
     let ky = r / KERNEL;

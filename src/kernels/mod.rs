@@ -28,13 +28,18 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 
 const GEMM: &str = include_str!("gemm.wgsl");
+const GEMM_REDUCE: &str = include_str!("gemm_reduce.wgsl");
 const GROUP_NORM_STATS: &str = include_str!("group_norm_stats.wgsl");
 const GROUP_NORM: &str = include_str!("group_norm.wgsl");
 const ATTENTION: &str = include_str!("attention.wgsl");
 const LAYER_NORM: &str = include_str!("layer_norm.wgsl");
 const GEGLU: &str = include_str!("geglu.wgsl");
-/// `workgroup_sum`, appended to the shaders that call it.
-const WORKGROUP_SUM: &str = include_str!("workgroup_sum.wgsl");
+/// Pieces of WGSL shared by several shaders, appended to those that call the function they
+/// define: `workgroup_sum`, and a GEMM's bindings and epilogue (`store_output`).
+const SNIPPETS: [(&str, &str); 2] = [
+    ("workgroup_sum(", include_str!("workgroup_sum.wgsl")),
+    ("store_output(", include_str!("gemm_output.wgsl")),
+];
 
 /// A WGSL compute shader with `ELEM` standing for the storage type (and `ENABLE_F16` for the
 /// `enable f16;` directive it then needs), and named constants fixed per compiled variant.
@@ -53,10 +58,13 @@ impl WgslKernel {
 
     fn source(&self) -> String {
         let (enable, elem) = if self.f16 { ("enable f16;", "f16") } else { ("", "f32") };
-        let mut source = self.template.replace("ENABLE_F16", enable).replace("ELEM", elem);
-        if source.contains("workgroup_sum(") {
-            source += WORKGROUP_SUM;
+        let mut source = self.template.to_string();
+        for (call, snippet) in SNIPPETS {
+            if self.template.contains(call) {
+                source += snippet;
+            }
         }
+        source = source.replace("ENABLE_F16", enable).replace("ELEM", elem);
         for (name, value) in &self.constants {
             source = source.replace(name, &value.to_string());
         }
@@ -111,7 +119,7 @@ fn is_f16(operands: &[&CubeTensor]) -> bool {
 type Handle = burn_cubecl::cubecl::server::Handle;
 
 /// Launches `kernel` over `count` workgroups with `buffers` bound in order (group 0).
-fn launch<const N: usize>(client: &Client, kernel: WgslKernel, count: CubeCount, buffers: [Handle; N]) {
+fn launch(client: &Client, kernel: WgslKernel, count: CubeCount, buffers: impl IntoIterator<Item = Handle>) {
     let arguments = buffers.into_iter().fold(KernelArguments::new(), |a, handle| a.with_buffer(handle.binding()));
     client.launch(Box::new(kernel), count, arguments);
 }
@@ -313,67 +321,125 @@ impl Gemm {
         let Self { x, weight, kernel, geometry, x_tokens, out_tokens, quick_gelu, upscale, bias, bias_stride, residual, divisor } = self;
         let client = x.client.clone();
         let f16 = is_f16(&[&x, &weight].into_iter().chain(bias.as_ref()).chain(residual.as_ref()).collect::<Vec<_>>());
-        let flags = [bias.is_some() as u32, bias_stride, residual.is_some() as u32, divisor.to_bits()];
+        let [batch, channels, _, _, out_channels, out_height, out_width, ..] = geometry;
+        let columns = batch * out_height * out_width;
+        let plan = GemmPlan::new(out_channels, columns, channels * kernel * kernel);
+        let flags = [bias.is_some() as u32, bias_stride, residual.is_some() as u32, divisor.to_bits(), plan.splits, plan.split_depth];
         let bias = bias.map_or_else(|| absent(&client), |b| b.handle);
         let residual = residual.map_or_else(|| absent(&client), |r| r.handle);
         let out = empty_device_contiguous_dtype(client.clone(), x.device.clone(), burn::tensor::Shape::from(shape.to_vec()), x.dtype);
         let p = params(&client, &[&geometry[..], &flags].concat());
-        let [batch, _, _, _, out_channels, out_height, out_width, ..] = geometry;
-        let columns = batch * out_height * out_width;
-        let block = thread_block(out_channels, columns);
+        let partials = if plan.splits > 1 {
+            client.empty((plan.splits * out_channels * columns) as usize * size_of::<f32>())
+        } else {
+            absent(&client)
+        };
+        let constants = vec![("OUT_LAYOUT", out_tokens as u32), ("ACTIVATION", quick_gelu as u32)];
         let mut shader = WgslKernel::new("gemm", GEMM, f16, Dim3::new_2d(16, 16));
-        shader.constants = vec![
-            ("X_LAYOUT", x_tokens as u32),
-            ("OUT_LAYOUT", out_tokens as u32),
-            ("ACTIVATION", quick_gelu as u32),
-            ("FILTER_SIZE", kernel),
-            ("UPSAMPLING", upscale),
-            ("THREAD_BLOCK", block),
-        ];
-        // Column (pixel) tiles along x (beyond 65,535 workgroups, as a 2048x2048 output has, on
-        // rows of z), output-channel tiles along y.
-        let tile = 16 * block;
+        shader.constants = [
+            &constants[..],
+            &[("X_LAYOUT", x_tokens as u32), ("FILTER_SIZE", kernel), ("UPSAMPLING", upscale), ("THREAD_BLOCK", plan.block)],
+        ]
+        .concat();
+        // Column (pixel) tiles along x, output-channel tiles along y, and along z the parts of a
+        // split depth, or else further rows of column tiles (beyond 65,535 workgroups, as a
+        // 2048x2048 output has).
+        let tile = 16 * plan.block;
         let column_tiles = columns.div_ceil(tile);
         let count = CubeCount::Static(
             column_tiles.min(WORKGROUPS_PER_ROW),
             out_channels.div_ceil(tile),
-            column_tiles.div_ceil(WORKGROUPS_PER_ROW),
+            if plan.splits > 1 { plan.splits } else { column_tiles.div_ceil(WORKGROUPS_PER_ROW) },
         );
-        launch(&client, shader, count, [x.handle, weight.handle, bias, residual, out.handle.clone(), p]);
+        let outputs = [bias, residual, out.handle.clone(), p, partials];
+        launch(&client, shader, count, outputs.iter().cloned().chain([x.handle, weight.handle]));
+        if plan.splits > 1 {
+            let mut reduce = WgslKernel::new("gemm_reduce", GEMM_REDUCE, f16, Dim3::new_1d(256));
+            reduce.constants = constants;
+            launch(&client, reduce, grid((out_channels * columns).div_ceil(256)), outputs);
+        }
         out
     }
 }
 
-/// The GEMM's per-thread block side (its tiles are 16 times that), unless forced. 8x8 blocks
-/// do twice the FMAs per workgroup-memory read of 4x4 ones, but their 128x128 tiles leave a small output to few
-/// workgroups (idle multiprocessors) and pad 320 out channels to 384 where 64-tiles pad none.
-/// So large tiles only where they still make `LARGE_TILE_MIN_WORKGROUPS` workgroups and pad
-/// the work by at most an eighth more than small ones. Both figures are first guesses, to be
-/// set from `bench-ops --gemm-block 4` and `8` on GPUs (docs/performance.md).
-fn thread_block(out_channels: u32, columns: u32) -> u32 {
-    FORCED_THREAD_BLOCK.get().unwrap_or_else(|| block_for_shape(out_channels, columns))
+/// How a GEMM is cut into workgroups: `block`, the side of each thread's block of outputs
+/// (tiles are 16 times that), and the depth split into `splits` parts of `split_depth`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct GemmPlan {
+    block: u32,
+    splits: u32,
+    split_depth: u32,
 }
 
+impl GemmPlan {
+    /// The plan for `out_channels` x `columns` outputs over `depth`, as forced on this thread
+    /// or else chosen by shape.
+    fn new(out_channels: u32, columns: u32, depth: u32) -> Self {
+        let forced = FORCED_GEMM.get();
+        let block = forced.block.unwrap_or_else(|| block_for_shape(out_channels, columns));
+        let tile = 16 * block;
+        let workgroups = out_channels.div_ceil(tile) * columns.div_ceil(tile);
+        // A split depth takes z, where more than a row of column tiles would go.
+        let splits = if columns.div_ceil(tile) > WORKGROUPS_PER_ROW {
+            1
+        } else {
+            forced.splits.unwrap_or_else(|| splits_for_shape(workgroups, depth))
+        };
+        // Parts a whole number of steps of either tile deep (16 and 8), none of them empty.
+        let split_depth = depth.div_ceil(splits.max(1)).next_multiple_of(16);
+        Self { block, splits: depth.div_ceil(split_depth).max(1), split_depth }
+    }
+}
+
+/// 8x8 blocks do twice the FMAs per workgroup-memory read of 4x4 ones, but their 128x128
+/// tiles leave a small output to few workgroups (idle multiprocessors) and pad 320 out
+/// channels to 384 where 64-tiles pad none. So large tiles only where they still make
+/// `LARGE_TILE_MIN_WORKGROUPS` workgroups and pad the work by at most an eighth more than
+/// small ones.
 fn block_for_shape(out_channels: u32, columns: u32) -> u32 {
     let padded_work = |tile: u32| u64::from(out_channels.div_ceil(tile) * tile) * u64::from(columns.div_ceil(tile) * tile);
     let large_workgroups = out_channels.div_ceil(128) * columns.div_ceil(128);
     if large_workgroups >= LARGE_TILE_MIN_WORKGROUPS && padded_work(128) * 8 <= padded_work(64) * 9 { 8 } else { 4 }
 }
 
-/// Two workgroups for each of an H200's 132 multiprocessors, rounded.
-const LARGE_TILE_MIN_WORKGROUPS: u32 = 256;
-
-thread_local! {
-    /// The thread block `force_thread_block` set. Per thread (operations launch from the
-    /// thread that calls them), so a test that forces one leaves the tests beside it alone.
-    static FORCED_THREAD_BLOCK: Cell<Option<u32>> = const { Cell::new(None) };
+/// A GEMM of fewer than `SPLIT_BELOW_WORKGROUPS` workgroups leaves multiprocessors idle while
+/// each workgroup runs the whole depth (11,520 for a 3x3 conv of 1280 channels): split the
+/// depth into enough parts for `SPLIT_TARGET_WORKGROUPS`, each at least `MIN_SPLIT_DEPTH`.
+fn splits_for_shape(workgroups: u32, depth: u32) -> u32 {
+    if workgroups >= SPLIT_BELOW_WORKGROUPS {
+        return 1;
+    }
+    (SPLIT_TARGET_WORKGROUPS / workgroups).min(depth / MIN_SPLIT_DEPTH).clamp(1, MAX_SPLITS)
 }
 
-/// Makes every GEMM this thread launches use `block` (4 or 8) instead of choosing by shape, or
-/// (`None`) choose again: for benchmarks that measure the choice, and tests of both variants.
-pub fn force_thread_block(block: Option<u32>) {
-    assert!(matches!(block, None | Some(4 | 8)), "the GEMM's thread block is 4 or 8, not {block:?}");
-    FORCED_THREAD_BLOCK.set(block);
+// First guesses, to be set from the GPU benchmark (`--gemm-block`, `--no-split-k`;
+// docs/performance.md). An H200 has 132 multiprocessors.
+const LARGE_TILE_MIN_WORKGROUPS: u32 = 256;
+const SPLIT_BELOW_WORKGROUPS: u32 = 128;
+const SPLIT_TARGET_WORKGROUPS: u32 = 256;
+const MIN_SPLIT_DEPTH: u32 = 1024;
+const MAX_SPLITS: u32 = 16;
+
+/// What the benchmarks and tests force on the GEMMs a thread launches, instead of the choice
+/// by shape: the thread block (4 or 8) and the number of depth parts (1: no split).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GemmForcing {
+    pub block: Option<u32>,
+    pub splits: Option<u32>,
+}
+
+thread_local! {
+    /// Per thread (operations launch from the thread that calls them), so a test that forces
+    /// a plan leaves the tests beside it alone.
+    static FORCED_GEMM: Cell<GemmForcing> = const { Cell::new(GemmForcing { block: None, splits: None }) };
+}
+
+/// Forces `forcing` on every GEMM this thread launches from now on (`GemmForcing::default()`
+/// to choose by shape again).
+pub fn force_gemm(forcing: GemmForcing) {
+    assert!(matches!(forcing.block, None | Some(4 | 8)), "the GEMM's thread block is 4 or 8, not {:?}", forcing.block);
+    assert!(forcing.splits != Some(0), "a GEMM's depth splits into one part or more");
+    FORCED_GEMM.set(forcing);
 }
 
 /// Values of one (batch, group) per GroupNorm workgroup: 16 per thread at least, more where a
@@ -510,7 +576,7 @@ mod tests {
     use burn::tensor::ops::ConvOptions;
     use burn::tensor::{DType, Tensor, TensorData};
 
-    use super::Epilogue;
+    use super::{Epilogue, GemmForcing};
     use crate::gpu::{ComputeDType, DTypeChoice, Gpu};
     use crate::testing::{assert_close, conv2d_reference, gpu_test, read, shared_gpu, values};
 
@@ -752,6 +818,7 @@ mod tests {
         });
         let shaders = [
             ("gemm", super::GEMM, gemm_variants.collect()),
+            ("gemm_reduce", super::GEMM_REDUCE, [(0, 0), (1, 1)].map(|(out, activation)| vec![("OUT_LAYOUT", out), ("ACTIVATION", activation)]).to_vec()),
             ("group_norm_stats", super::GROUP_NORM_STATS, vec![vec![]]),
             ("group_norm", super::GROUP_NORM, vec![vec![]]),
             ("layer_norm", super::LAYER_NORM, vec![vec![]]),
@@ -772,19 +839,26 @@ mod tests {
         }
     }
 
-    /// The rule's intent at SD1's shapes.
+    /// The rules' intent at SD1's shapes (batch 2 in the UNet).
     #[test]
-    fn large_tiles_only_where_they_stay_many_and_full() {
-        use super::block_for_shape;
-        // The VAE decoder's convs at 512x512 and the UNet's feed-forward at batch 2.
+    fn gemm_plans_at_sd1_shapes() {
+        use super::{GemmPlan, block_for_shape};
+        // Large tiles for the VAE decoder's convs at 512x512 and the UNet's feed-forward.
         assert_eq!(block_for_shape(128, 512 * 512), 8);
         assert_eq!(block_for_shape(512, 128 * 128), 8);
         assert_eq!(block_for_shape(2560, 2 * 64 * 64), 8);
-        // 320 channels (padded to 384), 1280 channels over 8x8 latents (10 large tiles), and
-        // the VAE's 3 output channels.
+        // Small ones for 320 channels (padded to 384), 1280 channels over 8x8 latents (10 large
+        // tiles), and the VAE's 3 output channels.
         assert_eq!(block_for_shape(320, 2 * 64 * 64), 4);
         assert_eq!(block_for_shape(1280, 2 * 8 * 8), 4);
         assert_eq!(block_for_shape(3, 512 * 512), 4);
+        // A 3x3 conv of 1280 channels over 8x8 latents: 40 tiles, split six ways.
+        assert_eq!(GemmPlan::new(1280, 2 * 8 * 8, 1280 * 9), GemmPlan { block: 4, splits: 6, split_depth: 1920 });
+        // CLIP's fc2 (257 tokens, 4096 -> 1024): 80 tiles, three parts.
+        assert_eq!(GemmPlan::new(1024, 257, 4096), GemmPlan { block: 4, splits: 3, split_depth: 1376 });
+        // Enough tiles, or too shallow to split: whole.
+        assert_eq!(GemmPlan::new(320, 2 * 64 * 64, 320 * 9).splits, 1);
+        assert_eq!(GemmPlan::new(1280, 2 * 8 * 8, 1280).splits, 1);
     }
 
     /// Dispatches beyond 32,768 workgroups in a row (the conv's z rows, `grid`'s y rows) and a
@@ -872,17 +946,17 @@ mod tests {
         }
     }
 
-    /// Every use of the GEMM shader, with each thread block.
+    /// Every use of the GEMM shader, with each thread block, whole and with its depth split.
     async fn check_gemms(gpu: &Gpu, tolerance: f32) {
-        for block in [4, 8] {
-            super::force_thread_block(Some(block));
+        for (block, splits) in [(4, 1), (8, 1), (4, 3), (8, 3)] {
+            super::force_gemm(GemmForcing { block: Some(block), splits: Some(splits) });
             check_conv2d(gpu, tolerance).await;
             check_conv2d_epilogue(gpu, tolerance).await;
             check_conv2d_upsampled(gpu, tolerance).await;
             check_linear(gpu, tolerance).await;
             check_conv1x1_tokens(gpu, tolerance).await;
         }
-        super::force_thread_block(None);
+        super::force_gemm(GemmForcing::default());
     }
 
     gpu_test! {
