@@ -330,7 +330,7 @@ impl Gemm {
         let out = empty_device_contiguous_dtype(client.clone(), x.device.clone(), burn::tensor::Shape::from(shape.to_vec()), x.dtype);
         let p = params(&client, &[&geometry[..], &flags].concat());
         let partials = if plan.splits > 1 {
-            client.empty((plan.splits * out_channels * columns) as usize * size_of::<f32>())
+            client.empty(plan.splits as usize * out_channels as usize * columns as usize * size_of::<f32>())
         } else {
             absent(&client)
         };
