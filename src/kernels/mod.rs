@@ -4,7 +4,8 @@
 //! synchronisation is needed around them.
 //!
 //! - `conv2d`: tiled implicit-GEMM convolution, instead of burn's direct kernel that has no
-//!   shared-memory tiling and accumulates in the storage dtype. Its epilogue adds the bias (per
+//!   shared-memory tiling and accumulates in the storage dtype. Tile size and a split of the
+//!   depth across workgroups are chosen by shape (`GemmPlan`). Its epilogue adds the bias (per
 //!   batch, to fold in the timestep embedding) and a residual, and divides: a resnet's tail.
 //! - `linear`: the same GEMM on channels-last rows, bias and residual fused, instead of burn's
 //!   matmul followed by one launch per add. With one side channels first and the other last,
