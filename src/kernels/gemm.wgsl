@@ -121,7 +121,7 @@ fn main(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) g
             let column = n0 + lane_n + 16u * j;
             if (column >= columns) { continue; }
             if (split) {
-                partials[(group.z * p.out_channels + m) * columns + column] = acc[i][j];
+                partials[group.z * p.out_channels * columns + output_index(m, column)] = acc[i][j];
             } else {
                 store_output(m, column, acc[i][j]);
             }

@@ -21,16 +21,22 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> residual: array<ELEM>;
 @group(0) @binding(2) var<storage, read_write> out: array<ELEM>;
 @group(0) @binding(3) var<storage, read_write> p: Params;
-// [splits][out channels][columns]: the split GEMM's sums over its part of the depth.
+// [splits][outputs], each part laid out as `out`: the split GEMM's sums over its part of the
+// depth.
 @group(0) @binding(4) var<storage, read_write> partials: array<f32>;
+
+// Where out channel `m` of output column `column` sits in `out` (and in a part of `partials`).
+fn output_index(m: u32, column: u32) -> u32 {
+    if (OUT_TOKENS == 1u) { return column * p.out_channels + m; }
+    let pixels = p.out_height * p.out_width;
+    return (column / pixels * p.out_channels + m) * pixels + column % pixels;
+}
 
 // Stores `value`, the sum over the depth for out channel `m` and output column `column`,
 // through the epilogue (act(value + bias) + residual) / divisor.
 fn store_output(m: u32, column: u32, value: f32) {
-    let pixels = p.out_height * p.out_width;
-    let b = column / pixels;
-    var index = (b * p.out_channels + m) * pixels + column % pixels;
-    if (OUT_TOKENS == 1u) { index = column * p.out_channels + m; }
+    let index = output_index(m, column);
+    let b = column / (p.out_height * p.out_width);
     var y = value;
     if (p.has_bias != 0u) { y += f32(bias[b * p.bias_stride + m]); }
     if (QUICK_GELU == 1u) { y = y / (1.0 + exp(-1.702 * y)); }
