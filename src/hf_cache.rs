@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::hub::{self, Fetch, HubError, HubModel, Retry};
-use crate::model_files::weights_file;
+use crate::model_files::local_weights_file;
 use crate::pipeline::COMPONENTS;
 use crate::weight_cache;
 
@@ -67,8 +67,7 @@ pub async fn snapshot(fetch: &dyn Fetch, model: &HubModel, on_file: OnFile<'_>) 
     let mut paths = weight_cache::text_paths();
     for (component, _) in COMPONENTS {
         // A commit's snapshot already holds the file picked for it; only a new one asks the Hub.
-        let local = [Some("fp16"), None].map(|variant| weights_file(component, variant)).into_iter().find(|p| snapshot.join(p).exists());
-        let path = match local {
+        let path = match local_weights_file(&snapshot, component, Some("fp16")) {
             Some(path) => path,
             None => weight_cache::weights_file_of(fetch, model, component, retry).await?.0,
         };

@@ -89,12 +89,8 @@ mod cli {
             dtype: DTypeChoice,
             #[arg(long, value_parser = parse_size)]
             size: Option<(usize, usize)>,
-            /// Force the GEMM's per-thread block (4 or 8) instead of choosing it per shape.
-            #[arg(long, value_parser = parse_gemm_block)]
-            gemm_block: Option<u32>,
-            /// Never split a GEMM's depth across workgroups (it is split where few would run).
-            #[arg(long)]
-            no_split_k: bool,
+            #[command(flatten)]
+            gemm: GemmArgs,
         },
         /// Times each hot operation at SD1's shapes, imvar's kernels beside burn's stock ones,
         /// and prints one JSON line per operation (compare with scripts/bench_ops_torch.py).
@@ -106,12 +102,8 @@ mod cli {
             /// Channels and sides divided by 8: a quick run for CPU adapters.
             #[arg(long)]
             small: bool,
-            /// Force the GEMM's per-thread block (4 or 8) instead of choosing it per shape.
-            #[arg(long, value_parser = parse_gemm_block)]
-            gemm_block: Option<u32>,
-            /// Never split a GEMM's depth across workgroups (it is split where few would run).
-            #[arg(long)]
-            no_split_k: bool,
+            #[command(flatten)]
+            gemm: GemmArgs,
         },
         /// Prints the model's components, parameter counts, file dtypes and the adapter.
         Info {
@@ -136,16 +128,29 @@ mod cli {
         Ok((w.parse().map_err(|_| "bad width")?, h.parse().map_err(|_| "bad height")?))
     }
 
+    /// The benchmarks' GEMM overrides, for measuring the choices the kernels make by shape.
+    #[derive(clap::Args)]
+    struct GemmArgs {
+        /// Force the GEMM's per-thread block (4 or 8) instead of choosing it per shape.
+        #[arg(long, value_parser = parse_gemm_block)]
+        gemm_block: Option<u32>,
+        /// Never split a GEMM's depth across workgroups (it is split where few would run).
+        #[arg(long)]
+        no_split_k: bool,
+    }
+
+    impl GemmArgs {
+        fn forcing(&self) -> imvar::kernels::GemmForcing {
+            imvar::kernels::GemmForcing { block: self.gemm_block, splits: self.no_split_k.then_some(1) }
+        }
+    }
+
     fn parse_gemm_block(s: &str) -> Result<u32, String> {
         match s {
             "4" => Ok(4),
             "8" => Ok(8),
             _ => Err("expected 4 or 8".into()),
         }
-    }
-
-    fn gemm_forcing(block: Option<u32>, no_split_k: bool) -> imvar::kernels::GemmForcing {
-        imvar::kernels::GemmForcing { block, splits: no_split_k.then_some(1) }
     }
 
     pub fn main() -> ExitCode {
@@ -221,19 +226,19 @@ mod cli {
                 eprintln!("{} variation(s) in {:.1} s on {}", variations.len(), started.elapsed().as_secs_f32(), gpu.capabilities.summary());
                 Ok(())
             }
-            Command::Bench { model, random_weights, n, steps, runs, variant, dtype, size, gemm_block, no_split_k } => {
+            Command::Bench { model, random_weights, n, steps, runs, variant, dtype, size, gemm } => {
                 let gpu = open_gpu(dtype)?;
                 let source = model_dir(&model, variant.as_deref())?;
                 let from = if random_weights { WeightsFrom::Random } else { WeightsFrom::Files };
                 let (pipeline, _) = pollster::block_on(ImageVariationPipeline::load_with(&source, &gpu, from, &mut |_| {}))
                     .map_err(|e| e.to_string())?;
-                let options = imvar::bench::BenchOptions { n, steps, runs: runs.max(1), size, gemm: gemm_forcing(gemm_block, no_split_k) };
+                let options = imvar::bench::BenchOptions { n, steps, runs: runs.max(1), size, gemm: gemm.forcing() };
                 imvar::bench::run(&pipeline, &gpu, &options).map_err(|e| e.to_string())?;
                 Ok(())
             }
-            Command::BenchOps { runs, dtype, small, gemm_block, no_split_k } => {
+            Command::BenchOps { runs, dtype, small, gemm } => {
                 let gpu = open_gpu(dtype)?;
-                imvar::bench::ops(&gpu, runs.max(1), small, gemm_forcing(gemm_block, no_split_k)).map_err(|e| e.to_string())?;
+                imvar::bench::ops(&gpu, runs.max(1), small, gemm.forcing()).map_err(|e| e.to_string())?;
                 Ok(())
             }
             Command::Info { model, variant, dtype } => info(&model, variant.as_deref(), dtype),

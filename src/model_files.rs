@@ -23,6 +23,15 @@ pub fn weights_file(component: &str, variant: Option<&str>) -> String {
     }
 }
 
+/// The weight file a local folder in the Hub layout holds for `component`: `variant`'s where
+/// there is one, else the plain file (a repo may ship a variant for some components only);
+/// `None` when it holds neither.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn local_weights_file(root: &std::path::Path, component: &str, variant: Option<&str>) -> Option<String> {
+    let preferred = variant.map(|v| weights_file(component, Some(v)));
+    preferred.into_iter().chain([weights_file(component, None)]).find(|file| root.join(file).is_file())
+}
+
 /// A local folder in the Hub layout.
 #[cfg(not(target_arch = "wasm32"))]
 pub struct ModelDir {
@@ -51,11 +60,11 @@ impl ModelSource for ModelDir {
         Box::pin(std::future::ready(text))
     }
 
-    /// The variant's file where the component has one, else the plain file (a repo may ship
-    /// fp16 files for some components only).
+    /// The variant's file where the component has one, else the plain file (whose absence is
+    /// then the error).
     fn tensors<'a>(&'a self, component: &'a str) -> LocalFuture<'a, Result<Box<dyn TensorSource + 'a>, LoadError>> {
-        let variant = self.root.join(weights_file(component, self.variant.as_deref()));
-        let path = if variant.is_file() { variant } else { self.root.join(weights_file(component, None)) };
+        let file = local_weights_file(&self.root, component, self.variant.as_deref()).unwrap_or_else(|| weights_file(component, None));
+        let path = self.root.join(file);
         let source = crate::weights::SafetensorsFile::open(&path).map(|s| Box::new(s) as Box<dyn TensorSource>);
         Box::pin(std::future::ready(source))
     }

@@ -72,7 +72,7 @@ fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) group:
     var query: array<vec4<f32>, QUERY_LEN>;
     var acc: array<vec4<f32>, DC4>;
     if (PRIVATE_QUERY) {
-        for (var d = 0u; d < D4; d++) { query[d] = load4(0u, query_base, 4u * d, D) * p.scale; }
+        for (var d = 0u; d < D4; d++) { query[d] = load4(0u, query_base, 4u * d, D); }
     }
     var running_max = -3.0e38;
     var running_sum = 0.0;
@@ -101,12 +101,13 @@ fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) group:
                     if (PRIVATE_QUERY) {
                         dot4 = fma(query[d], key, dot4);
                     } else {
-                        dot4 = fma(load4(0u, query_base, 4u * d, D) * p.scale, key, dot4);
+                        dot4 = fma(load4(0u, query_base, 4u * d, D), key, dot4);
                     }
                 }
                 // Keys past `count` weigh nothing (a group holds at least one real key, so
                 // the running max is finite after it).
-                scores[j] = select(-3.0e38, (dot4.x + dot4.y) + (dot4.z + dot4.w), g + j < count);
+                let score = ((dot4.x + dot4.y) + (dot4.z + dot4.w)) * p.scale;
+                scores[j] = select(-3.0e38, score, g + j < count);
                 group_max = max(group_max, scores[j]);
             }
             let new_max = max(running_max, group_max);

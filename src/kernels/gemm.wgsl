@@ -60,7 +60,8 @@ fn main(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) g
     // bounds are uniform (its barriers need that).
     if (tid == 0u) {
         let begin = select(0u, group.z * p.split_depth, split);
-        shared_bounds = vec2<u32>(begin, min(depth, select(depth, begin + p.split_depth, split)));
+        // Unsplit, `p.split_depth` is the whole depth (rounded up).
+        shared_bounds = vec2<u32>(begin, min(depth, begin + p.split_depth));
     }
     let bounds = workgroupUniformLoad(&shared_bounds);
     let pixels = p.out_height * p.out_width;

@@ -387,8 +387,8 @@ impl GemmPlan {
             forced.splits.unwrap_or_else(|| splits_for_shape(workgroups, depth))
         };
         // Parts a whole number of steps of either tile deep (16 and 8), none of them empty.
-        let split_depth = depth.div_ceil(splits.max(1)).next_multiple_of(16);
-        Self { block, splits: depth.div_ceil(split_depth).max(1), split_depth }
+        let split_depth = depth.div_ceil(splits).next_multiple_of(16);
+        Self { block, splits: depth.div_ceil(split_depth), split_depth }
     }
 }
 
