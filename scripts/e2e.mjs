@@ -8,6 +8,7 @@
 //
 // Ends with a `test result:` line in cargo's format, so scripts/test counts these checks.
 import { spawn } from "node:child_process";
+import { createHash } from "node:crypto";
 import { mkdirSync, readFileSync } from "node:fs";
 import { createInterface } from "node:readline";
 import { dirname, join } from "node:path";
@@ -127,6 +128,20 @@ async function generateAndCompare(n, label) {
 }
 
 const ready = () => page.getByText(/^Ready:/).waitFor({ timeout: 300_000 });
+
+/** Throws unless the page is no wider than its viewport and `locator` lies wholly inside it. */
+async function expectInsideViewport(locator) {
+  const { scrollWidth, innerWidth, innerHeight } = await page.evaluate(() => ({
+    scrollWidth: document.scrollingElement.scrollWidth, innerWidth: window.innerWidth, innerHeight: window.innerHeight,
+  }));
+  // A page wider than the screen may be shown zoomed out, which widens innerWidth too.
+  const width = Math.min(innerWidth, page.viewportSize().width);
+  if (scrollWidth > width) throw new Error(`the page is ${scrollWidth} px wide on a ${width} px screen`);
+  const box = await locator.boundingBox();
+  if (!box || box.x < 0 || box.y < 0 || box.x + box.width > width || box.y + box.height > innerHeight) {
+    throw new Error(`${locator} at ${JSON.stringify(box)} is not inside the ${width}x${innerHeight} viewport`);
+  }
+}
 
 try {
   await check("first_visit_states_the_download_size", async () => {
@@ -248,6 +263,28 @@ try {
   });
 } catch {
   // Reported above; the remaining checks depend on the failed one.
+}
+
+try {
+  // Needs nothing from the checks above, so it runs whatever became of them.
+  await check("on_a_phone_an_error_with_a_long_url_stays_inside_the_screen", async () => {
+    // A Hub that drops every connection: the page reports a network error naming the URL. The
+    // revision is a pinned commit, 40 characters with nowhere to break a line.
+    const down = createHash("sha1").update(`${revision}-phone`).digest("hex");
+    await hubPost("/_faults", { revision: down, kind: "drop", times: 1000 });
+    const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+    page = await phone.newPage();
+    await page.goto(url.replace(`revision=${revision}`, `revision=${down}`));
+    const alert = page.getByRole("alert");
+    await alert.waitFor({ timeout: 120_000 });
+    if (!/\/resolve\//.test(await alert.textContent())) throw new Error("the error names no URL, so it tests no long word");
+    await shot("8-phone-error");
+    await expectInsideViewport(page.getByRole("button", { name: "Dismiss" }));
+    await page.getByRole("button", { name: "Dismiss" }).click();
+    await alert.waitFor({ state: "hidden", timeout: 10_000 });
+  });
+} catch {
+  // Reported above.
 } finally {
   await browser.close();
   children.forEach((c) => c.kill());

@@ -32,9 +32,10 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from http_range import Unsatisfiable, content_range, parse_range, send_file_bytes
+
 EXPOSED = ("Content-Range, Content-Length, Accept-Ranges, ETag, X-Linked-Size, X-Linked-Etag, "
            "X-Repo-Commit, X-Error-Code")
-RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 
 
 class State:
@@ -173,18 +174,16 @@ class Handler(BaseHTTPRequestHandler):
             return
         sha = self.state.etag(revision, file_path, disk)
         size = disk.stat().st_size
-        start, end, status = 0, size - 1, 200
         wanted = self.headers.get("Range")
         ignore = self.state.take_fault(revision, file_path, ("ignore_range",))
-        if wanted and not ignore:
-            match = RANGE.match(wanted.strip())
-            if match:
-                start = int(match.group(1))
-                end = min(int(match.group(2)), size - 1) if match.group(2) else size - 1
-                if start >= size or end < start:
-                    self.record(revision, file_path, 416, 0, wanted)
-                    return self.answer_text(416, "range not satisfiable", extra={"Content-Range": f"bytes */{size}"})
-                status = 206
+        try:
+            # The stand-in honours `bytes=a-` and `bytes=a-b` only: a suffix range gets the whole body.
+            byte_range = None if ignore else parse_range(wanted, size, suffix=False)
+        except Unsatisfiable:
+            self.record(revision, file_path, 416, 0, wanted)
+            return self.answer_text(416, "range not satisfiable", extra={"Content-Range": content_range(size)})
+        start, end = byte_range or (0, size - 1)
+        status = 206 if byte_range else 200
         length = end - start + 1
         cut = self.state.take_fault(revision, file_path, ("cut",))
         sent = length if not cut else min(length, int(cut.get("after", 0)))
@@ -195,14 +194,12 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(length))
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("ETag", f'"{sha}"')
-        if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        if byte_range:
+            self.send_header("Content-Range", content_range(size, byte_range))
         self.end_headers()
         if head:
             return
-        with open(disk, "rb") as f:
-            f.seek(start)
-            self.wfile.write(f.read(sent))
+        send_file_bytes(disk, start, sent, self.wfile)
         if cut:
             self.wfile.flush()
             self.close_connection = True

@@ -11,11 +11,12 @@ ones with 416, and never serves a path outside its mounts.
 import argparse
 import os
 import posixpath
-import re
 import sys
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from http_range import Unsatisfiable, content_range, parse_range, send_file_bytes
 
 MIME = {
     ".html": "text/html; charset=utf-8",
@@ -31,30 +32,6 @@ MIME = {
     ".ts": "text/plain; charset=utf-8",
     ".md": "text/plain; charset=utf-8",
 }
-RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
-
-
-def parse_range(header, size):
-    """(start, end) inclusive for a single satisfiable range; None for no/ignored range;
-    'unsatisfiable' when it cannot be served."""
-    if not header:
-        return None
-    match = RANGE.match(header.strip())
-    if not match:  # multi-range or malformed: answer with the whole body, as the Hub's CDN may
-        return None
-    first, last = match.groups()
-    if first == "" and last == "":
-        return None
-    if first == "":  # suffix: the last N bytes
-        length = int(last)
-        if length == 0:
-            return "unsatisfiable"
-        return max(size - length, 0), size - 1
-    start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
-    if start >= size or end < start:
-        return "unsatisfiable"
-    return start, end
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -90,33 +67,25 @@ class Handler(BaseHTTPRequestHandler):
             self.send_error(HTTPStatus.NOT_FOUND)
             return
         size = target.stat().st_size
-        byte_range = parse_range(self.headers.get("Range"), size)
-        if byte_range == "unsatisfiable":
+        try:
+            byte_range = parse_range(self.headers.get("Range"), size)
+        except Unsatisfiable:
             self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
-            self.send_header("Content-Range", f"bytes */{size}")
+            self.send_header("Content-Range", content_range(size))
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
         start, end = byte_range or (0, size - 1)
         self.send_response(HTTPStatus.PARTIAL_CONTENT if byte_range else HTTPStatus.OK)
         if byte_range:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+            self.send_header("Content-Range", content_range(size, byte_range))
         self.send_header("Content-Type", MIME.get(target.suffix, "application/octet-stream"))
         self.send_header("Content-Length", str(end - start + 1))
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Cache-Control", "no-cache")
         self.end_headers()
-        if head:
-            return
-        with target.open("rb") as f:
-            f.seek(start)
-            remaining = end - start + 1
-            while remaining > 0:
-                chunk = f.read(min(remaining, 1 << 20))
-                if not chunk:
-                    break
-                self.wfile.write(chunk)
-                remaining -= len(chunk)
+        if not head:
+            send_file_bytes(target, start, end - start + 1, self.wfile)
 
 
 def main():

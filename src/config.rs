@@ -66,21 +66,45 @@ impl PerBlock {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct UNetConfig {
+    /// Height and width of the latents the model was trained on (64 for SD1's 512 pixels);
+    /// default `None` (the pipeline then takes 64).
     pub sample_size: Option<usize>,
+    /// Channels of the noisy latents in; default 4.
     pub in_channels: usize,
+    /// Channels of the predicted noise out; default 4.
     pub out_channels: usize,
+    /// Whether the timestep features put the cosines before the sines; default true.
     pub flip_sin_to_cos: bool,
+    /// Offset of the timestep features' frequency denominator (`downscale_freq_shift`);
+    /// default 0.
     pub freq_shift: f32,
+    /// Each down block's class, highest resolution first; default three
+    /// `CrossAttnDownBlock2D` then a `DownBlock2D`.
     pub down_block_types: Vec<String>,
+    /// Each up block's class, lowest resolution first; default an `UpBlock2D` then three
+    /// `CrossAttnUpBlock2D`.
     pub up_block_types: Vec<String>,
+    /// Each down block's output channels (the up blocks' in reverse); default
+    /// `[320, 640, 1280, 1280]`.
     pub block_out_channels: Vec<usize>,
+    /// Resnets per down block (an up block has one more); default 2.
     pub layers_per_block: usize,
+    /// Padding of the down blocks' stride-2 convolutions; default 1.
     pub downsample_padding: usize,
+    /// What the mid block's resnets divide their output by; default 1.
     pub mid_block_scale_factor: f32,
+    /// Groups of every GroupNorm; default 32.
     pub norm_num_groups: usize,
+    /// Epsilon of the resnets' and the output's GroupNorms; default 1e-5.
     pub norm_eps: f64,
+    /// Width of the context tokens the cross-attentions attend to (the image embedding's);
+    /// default 1280.
     pub cross_attention_dim: usize,
+    /// Despite the name, the attention heads per block in SD1.x configs (see `heads`);
+    /// default 8.
     pub attention_head_dim: PerBlock,
+    /// Attention heads per block, where given, instead of `attention_head_dim`; default
+    /// `None`.
     pub num_attention_heads: Option<PerBlock>,
 }
 
@@ -172,14 +196,25 @@ fn unsupported(file: &str, key: &str, value: &str, supported: &str) -> ConfigErr
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct VaeConfig {
+    /// Channels of the decoded image; default 3.
     pub out_channels: usize,
+    /// Each decoder up block's class (only `UpDecoderBlock2D`); default `["UpDecoderBlock2D"]`.
     pub up_block_types: Vec<String>,
+    /// Each encoder block's output channels (the decoder's up blocks' in reverse); default
+    /// `[64]`.
     pub block_out_channels: Vec<usize>,
+    /// Resnets per encoder block (a decoder up block has one more); default 1.
     pub layers_per_block: usize,
+    /// Channels of the latents; default 4.
     pub latent_channels: usize,
+    /// Groups of every GroupNorm; default 32.
     pub norm_num_groups: usize,
+    /// What the VAE's latents are multiplied by for the UNet (decoding divides by it);
+    /// default 0.18215.
     pub scaling_factor: f32,
+    /// Whether a 1x1 `post_quant_conv` comes before the decoder; default true.
     pub use_post_quant_conv: bool,
+    /// Whether the decoder's mid block has its self-attention; default true.
     pub mid_block_add_attention: bool,
 }
 
@@ -235,14 +270,23 @@ impl VaeConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct ClipVisionConfig {
+    /// Width of the tokens through the encoder; default 768.
     pub hidden_size: usize,
+    /// Width inside each encoder layer's MLP; default 3072.
     pub intermediate_size: usize,
+    /// Width of `image_embeds` (`visual_projection`'s output); default 512.
     pub projection_dim: usize,
+    /// Encoder layers; default 12.
     pub num_hidden_layers: usize,
+    /// Attention heads per encoder layer; default 12.
     pub num_attention_heads: usize,
+    /// Channels of the input image; default 3.
     pub num_channels: usize,
+    /// Height and width of the input image in pixels; default 224.
     pub image_size: usize,
+    /// Height and width of one patch (one token) in pixels; default 32.
     pub patch_size: usize,
+    /// Epsilon of every LayerNorm; default 1e-5.
     pub layer_norm_eps: f64,
 }
 
@@ -277,17 +321,32 @@ impl ClipVisionConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct SchedulerConfig {
+    /// The scheduler class the model was saved with (`PNDMScheduler`); `None` when absent.
     #[serde(rename = "_class_name")]
     pub class_name: Option<String>,
+    /// Diffusion steps in training; default 1000.
     pub num_train_timesteps: usize,
+    /// The noise variance at the first training step; default 0.0001.
     pub beta_start: f64,
+    /// The noise variance at the last training step; default 0.02.
     pub beta_end: f64,
+    /// How the variances go from `beta_start` to `beta_end`: `linear` or `scaled_linear`
+    /// (linear in their square roots); default `linear`.
     pub beta_schedule: String,
+    /// Added to each inference timestep of the `leading` spacing; default 0.
     pub steps_offset: usize,
+    /// PNDM: whether it skips the pseudo Runge-Kutta warm-up steps; default false.
     pub skip_prk_steps: bool,
+    /// DDIM and PNDM: whether the final step's previous alpha product is 1 rather than the
+    /// first training step's; class default true for DDIM, false for PNDM.
     pub set_alpha_to_one: Option<bool>,
+    /// DDIM: whether the predicted clean sample is clipped to [-1, 1]; class default true.
     pub clip_sample: Option<bool>,
+    /// How the inference timesteps are spread over the training ones (`leading`, `linspace`,
+    /// `trailing`); class default `leading` for DDIM and PNDM, `linspace` for the Euler and
+    /// DPM-Solver schedulers.
     pub timestep_spacing: Option<String>,
+    /// What the UNet predicts (only `epsilon`, the noise); default `epsilon`.
     pub prediction_type: String,
 }
 
@@ -329,11 +388,17 @@ impl SchedulerConfig {
 /// `model_index.json`: which component classes the pipeline has.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct ModelIndex {
+    /// The pipeline class (only `StableDiffusionImageVariationPipeline`); required, as every
+    /// key here (diffusers has no defaults for them).
     #[serde(rename = "_class_name")]
     pub class_name: String,
+    /// The UNet's library and class (`UNet2DConditionModel`).
     pub unet: (String, String),
+    /// The VAE's library and class (`AutoencoderKL`).
     pub vae: (String, String),
+    /// The image encoder's library and class (`CLIPVisionModelWithProjection`).
     pub image_encoder: (String, String),
+    /// The scheduler's library and class.
     pub scheduler: (String, String),
 }
 

@@ -1,39 +1,36 @@
 //! imvar: Stable Diffusion image variations on WebGPU, in the browser and natively.
 //!
-//! The model core is platform-free; `web` (the browser API) and the CLI sit at the edges.
+//! The layers, each using only those listed before it:
+//! - `config`, `torch_rng`, `units`, `js`: leaves (the repo's config files; PyTorch's generator;
+//!   byte counts for people; JavaScript globals, in the browser only).
+//! - `gpu`: opens the device and says what it can do.
+//! - `kernels`: our WGSL kernels on burn's tensors.
+//! - `weights`: tensors by checkpoint name from any source, and which files a model has.
+//! - `models`: one file per diffusers / transformers class.
+//! - `schedulers`: the five noise schedulers.
+//! - `pipeline`: preprocessing, the generation loop, previews.
+//! - `hub`: the Hugging Face Hub client, the download plan and the weight cache.
+//! - `web`: the browser edge (its option parsing and error mapping compile natively too).
+//!
+//! The CLI (`src/cli/`) is the binary, on top of all of them.
 
-pub mod attention;
-#[cfg(not(target_arch = "wasm32"))]
-pub mod bench;
-pub mod clip_vision;
 pub mod config;
-pub mod embeddings;
 pub mod gpu;
-pub mod heap;
-#[cfg(not(target_arch = "wasm32"))]
-pub mod hf_cache;
 pub mod hub;
+#[cfg(target_arch = "wasm32")]
+pub mod js;
 pub mod kernels;
-pub mod layers;
-pub mod model_files;
+pub mod models;
 pub mod pipeline;
-pub mod preprocess;
-pub mod resnet;
 pub mod schedulers;
 pub mod torch_rng;
-pub mod transformer_2d;
-pub mod unet_2d;
-pub mod unet_2d_blocks;
-pub mod vae;
-pub mod weight_cache;
-pub mod weights;
-
-#[cfg(target_arch = "wasm32")]
-pub mod idb_store;
-#[cfg(target_arch = "wasm32")]
+pub mod units;
 pub mod web;
-#[cfg(target_arch = "wasm32")]
-pub mod web_fetch;
+pub mod weights;
 
 #[cfg(test)]
 pub(crate) mod testing;
+
+/// A boxed future that need not be `Send` (browser futures never are): what the platform
+/// traits (`hub::Fetch`, `hub::cache::Store`, `weights::TensorSource`) return.
+pub type LocalFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + 'a>>;

@@ -25,8 +25,10 @@ macro_rules! gpu_test {
 }
 pub(crate) use gpu_test;
 
+// In a dedicated worker, not on the page's main thread: long GPU work there would starve the
+// test driver's messages to the page (WebGPU and IndexedDB exist in workers too).
 #[cfg(target_arch = "wasm32")]
-wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
+wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_dedicated_worker);
 
 /// Prints where both test runners show it (stdout natively, the console in the browser).
 pub fn log(message: &str) {
@@ -34,6 +36,12 @@ pub fn log(message: &str) {
     web_sys::console::log_1(&message.into());
     #[cfg(not(target_arch = "wasm32"))]
     println!("{message}");
+}
+
+/// Says visibly that a test did not check what it is for, and why (an adapter without a
+/// feature, say): `scripts/test` counts these lines in its summary.
+pub fn skip(test: &str, reason: &str) {
+    log(&format!("imvar test skipped: {test}: {reason}"));
 }
 
 /// One device per dtype choice for the whole test run: opening one per test is slow on CPU
@@ -191,8 +199,8 @@ pub fn fixture_path(rel: &str) -> std::path::PathBuf {
 
 /// The tiny fixture model, fp32 files or the "fp16" variant.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn tiny_model(variant: Option<&str>) -> crate::model_files::ModelDir {
-    crate::model_files::ModelDir::open(&fixture_path("tiny-sd-image-variations"), variant).unwrap()
+pub fn tiny_model(variant: Option<&str>) -> crate::weights::source::ModelDir {
+    crate::weights::source::ModelDir::open(&fixture_path("tiny-sd-image-variations"), variant).unwrap()
 }
 
 /// One component of the tiny fixture model (fp32 files): its config from `{component}/config.json`
@@ -202,9 +210,9 @@ pub async fn tiny_component<C, T>(
     gpu: &Gpu,
     component: &str,
     config: impl FnOnce(&str) -> C,
-    load: impl FnOnce(&mut crate::weights::Weights, &C) -> Result<T, crate::weights::LoadError>,
+    load: impl FnOnce(&crate::weights::Weights, &C) -> Result<T, crate::weights::LoadError>,
 ) -> (C, T) {
-    use crate::model_files::ModelSource;
+    use crate::weights::source::ModelSource;
     let source = tiny_model(None);
     let config = config(&source.text(&format!("{component}/config.json")).await.unwrap());
     let files = crate::pipeline::WeightsFrom::Files;
@@ -216,7 +224,7 @@ pub async fn tiny_component<C, T>(
 #[cfg(not(target_arch = "wasm32"))]
 pub fn upload<const D: usize>(golden: &Golden, name: &str, gpu: &Gpu) -> Tensor<D> {
     let shape: [usize; D] = golden.shape(name).try_into().expect("rank");
-    let dtype = burn::tensor::DType::from(gpu.capabilities.compute_dtype.burn());
+    let dtype = gpu.capabilities.compute_dtype.tensor();
     Tensor::from_data(burn::tensor::TensorData::new(golden.f32(name), shape), (&gpu.device, dtype))
 }
 

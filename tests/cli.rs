@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use imvar::preprocess::{RgbImage, decode};
+use imvar::pipeline::preprocess::{RgbImage, decode};
 
 mod standin;
 use standin::{StandIn, fixtures};
@@ -30,6 +30,12 @@ fn temp_dir(name: &str) -> PathBuf {
 
 fn png(path: &Path) -> RgbImage {
     decode(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// The largest difference in 8-bit levels between two pictures of the same size.
+fn worst_level(ours: &RgbImage, theirs: &RgbImage) -> u8 {
+    assert_eq!((ours.width, ours.height), (theirs.width, theirs.height), "sizes");
+    ours.pixels.iter().zip(&theirs.pixels).map(|(a, b)| a.abs_diff(*b)).max().unwrap()
 }
 
 /// One error line on stderr, a non-zero exit, no panic.
@@ -61,10 +67,11 @@ fn generate_reproduces_every_reference_run() {
         let result = imvar(&args);
         assert!(result.status.success(), "{name}: {}", String::from_utf8_lossy(&result.stderr));
         assert!(String::from_utf8_lossy(&result.stdout).starts_with(&format!("seed {seed}\n")));
-        for (k, golden) in run["pngs"].as_array().unwrap().iter().enumerate() {
+        let goldens = run["pngs"].as_array().unwrap();
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), goldens.len(), "{name}: one file per golden");
+        for (k, golden) in goldens.iter().enumerate() {
             let ours = png(&out.join(format!("variation-{k}.png")));
-            let theirs = png(&fixtures().join("golden").join(golden.as_str().unwrap()));
-            let worst = ours.pixels.iter().zip(&theirs.pixels).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+            let worst = worst_level(&ours, &png(&fixtures().join("golden").join(golden.as_str().unwrap())));
             assert!(worst <= 2, "{name}-{k}: {worst} levels");
         }
     }
@@ -138,9 +145,7 @@ fn a_hub_model_id_downloads_into_the_hugging_face_cache_once_and_works_offline()
         "--seed", "2026", "--steps", "5", "--scheduler", "pndm", "--dtype", "f32"];
     let check = |result: Output| {
         assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
-        let ours = png(&out.join("variation-0.png"));
-        let golden = png(&fixtures().join("golden/images/pndm-n1-g3-fp16-0.png"));
-        let worst = ours.pixels.iter().zip(&golden.pixels).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+        let worst = worst_level(&png(&out.join("variation-0.png")), &png(&fixtures().join("golden/images/pndm-n1-g3-fp16-0.png")));
         assert!(worst <= 2, "{worst} levels");
     };
     check(imvar_with(&args, &env));

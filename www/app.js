@@ -49,28 +49,36 @@ function duration(seconds) {
 }
 
 // ---------- errors in plain words ----------
+// What happened comes first, in words; the raw message (which may hold a long URL) is the detail.
 function explain(error) {
   const m = error.message;
+  const said = (text) => ({ text, detail: m });
   switch (error.name) {
-    case "NoWebGpu": return { text: m };
-    case "ImageError": return { text: `That file is not a picture imvar can read (JPEG, PNG, WebP, GIF or BMP): ${m}` };
+    case "NoWebGpu": return said("imvar cannot use a GPU in this browser: it needs WebGPU.");
+    case "ImageError": return said("That file is not a picture imvar can read (JPEG, PNG, WebP, GIF or BMP).");
+    // Already written for people, with the numbers that matter.
     case "QuotaError": return { text: m.charAt(0).toUpperCase() + m.slice(1), action: "Continue without caching", run: () => startLoad("stream") };
-    case "OfflineError": return { text: `You are offline and the model is not fully downloaded yet. Connect once to finish the download. (${m})` };
-    case "NetworkError": return { text: `The model could not be downloaded: ${m}. Check your connection and try again; what was downloaded is kept.` };
+    case "OfflineError": return said("You are offline and the model is not fully downloaded yet. Connect once to finish the download.");
+    case "NetworkError": return said("The model could not be downloaded. Check your connection and try again; what was downloaded is kept.");
+    case "ModelError": return said("The model's files could not be fetched or read.");
+    case "StorageError": return said("This browser's storage failed while keeping the model.");
+    case "OptionError": return { text: m };
     case "CancelledError": return null;
     case "RuntimeError":
-      return { text: "The GPU stopped working for this run: it may have run out of memory (try fewer variations) or been reset. Click Generate to try again; the model reloads from the cache." };
+      return said("The GPU stopped working for this run: it may have run out of memory (try fewer variations) or been reset. Click Generate to try again; the model reloads from the cache.");
     case "GpuError":
-      if (/memory|allocat/i.test(m)) return { text: `Not enough GPU memory for this run. Try fewer variations or a smaller size. (${m})` };
-      if (/lost|destroyed/i.test(m)) return { text: "The GPU device was lost (a driver reset or the machine sleeping). Click Generate to continue; the model reloads from the cache." };
-      return { text: `The GPU failed: ${m}. Click Generate to try again.` };
-    default: return { text: m };
+      if (/memory|allocat/i.test(m)) return said("Not enough GPU memory for this run. Try fewer variations or a smaller size.");
+      if (/lost|destroyed/i.test(m)) return said("The GPU device was lost (a driver reset or the machine sleeping). Click Generate to continue; the model reloads from the cache.");
+      return said("The GPU failed. Click Generate to try again.");
+    default: return said("Something went wrong.");
   }
 }
 function showError(error) {
   const explained = explain(error);
   if (!explained) return;
   $("alert-text").textContent = explained.text;
+  $("alert-detail").textContent = explained.detail ?? "";
+  $("alert-detail").hidden = !explained.detail;
   $("alert-action").hidden = !explained.action;
   if (explained.action) {
     $("alert-action").textContent = explained.action;

@@ -3,6 +3,8 @@
 //! stopped when dropped.
 #![allow(dead_code)]
 
+pub mod memory_store;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
