@@ -176,7 +176,7 @@ fn a_full_quota_stops_cleanly_keeps_what_is_stored_and_streaming_still_works() {
     let mut store = MemoryStore { limit: Some(3 << 20), ..Default::default() };
     let err = prepare(&cache(&hub, "quota", &fetch, Some(&store))).err().expect("quota");
     assert!(matches!(err, CacheError::Quota { .. }), "{err}");
-    assert!(err.to_string().contains("more are needed, and the browser refused to store more"), "{err}");
+    assert!(err.to_string().contains("more are needed, and the storage refused to take more"), "{err}");
     // No room even for the plan: the same answer, with the sizes, from the download.
     let full = MemoryStore { limit: Some(100), ..Default::default() };
     let err = prepare(&cache(&hub, "quota-plan", &fetch, Some(&full))).err().expect("quota");
