@@ -15,6 +15,13 @@ pub enum ConfigError {
         value: String,
         supported: String,
     },
+    #[error("{file}: `{key}` = {value}: {reason}")]
+    Invalid {
+        file: String,
+        key: String,
+        value: String,
+        reason: String,
+    },
 }
 
 /// Parses a config file's text, then refuses values imvar does not implement.
@@ -380,6 +387,11 @@ impl SchedulerConfig {
         ])?;
         if !["linear", "scaled_linear"].contains(&config.beta_schedule.as_str()) {
             return Err(unsupported(file, "beta_schedule", &config.beta_schedule, "linear or scaled_linear"));
+        }
+        // The betas run from the first training step to the last: there must be two.
+        if config.num_train_timesteps < 2 {
+            let value = config.num_train_timesteps.to_string();
+            return Err(ConfigError::Invalid { file: file.into(), key: "num_train_timesteps".into(), value, reason: "at least 2 are needed".into() });
         }
         Ok(config)
     }

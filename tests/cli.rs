@@ -93,6 +93,11 @@ fn bad_input_is_one_clear_line() {
     assert_clear_failure(&run(&corrupt, &model, &[]), "damaged or truncated");
     assert_clear_failure(&run(&fixtures().join("README.md"), &model, &[]), "not an image");
     assert_clear_failure(&run(&fixtures().join("input.png"), &model, &["--scheduler", "heun"]), "unknown scheduler 'heun'");
+    // Steps that would run past the training timesteps (`steps_offset` 1): refused, not a panic.
+    let input = fixtures().join("input.png");
+    let many = imvar(&["generate", "--model", model.to_str().unwrap(), "--image", input.to_str().unwrap(), "--out", dir.to_str().unwrap(),
+        "--steps", "1000", "--scheduler", "ddim", "--dtype", "f32"]);
+    assert_clear_failure(&many, "reach timestep 1000, past the 1000 the model was trained with");
 
     // A model folder whose UNet lacks one tensor.
     let broken = dir.join("model");

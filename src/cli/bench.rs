@@ -79,7 +79,7 @@ pub fn run(pipeline: &ImageVariationPipeline, gpu: &Gpu, options: &BenchOptions)
     let latents = Tensor::<4>::random(latent_shape, Distribution::Default, (device, DType::F32));
     let kind = pipeline.default_scheduler();
     let ms = time_stage(options.runs, || {
-        let mut scheduler = kind.build(pipeline.scheduler_config(), options.steps);
+        let mut scheduler = kind.build(pipeline.scheduler_config(), options.steps)?;
         let mut noise = BatchNoise::new(0, options.n, 0..options.n);
         drop(scheduler.step(0, latents.clone(), latents.clone(), &mut noise));
         sync(gpu)

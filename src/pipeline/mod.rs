@@ -19,7 +19,7 @@ use crate::gpu::Gpu;
 use crate::models::clip_vision::ClipVisionModelWithProjection;
 use crate::models::unet_2d::UNet2DConditionModel;
 use crate::models::vae::AutoencoderKLDecoder;
-use crate::schedulers::SchedulerKind;
+use crate::schedulers::{SchedulerError, SchedulerKind};
 use crate::torch_rng::BatchNoise;
 use crate::units::human_bytes;
 use crate::weights::LoadError;
@@ -32,6 +32,8 @@ pub enum PipelineError {
     Load(#[from] LoadError),
     #[error(transparent)]
     Image(#[from] preprocess::ImageError),
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerError),
     #[error("{0}")]
     InvalidOption(String),
     #[error("cancelled")]
@@ -193,8 +195,10 @@ impl ImageVariationPipeline {
     ) -> Result<Vec<Variation>, PipelineError> {
         let started = Instant::now();
         let (width, height) = self.validate(options)?;
-        let embeds = self.encode_image(image);
         let kind = options.scheduler.unwrap_or(self.default_scheduler());
+        // Refused before any GPU work when the steps do not fit the scheduler's config.
+        kind.build(&self.scheduler_config, options.steps)?;
+        let embeds = self.encode_image(image);
         let plan = Plan { kind, width, height, started };
         let chunk = options.max_batch.unwrap_or_else(|| self.max_batch(width, height)).clamp(1, options.n);
         let total = options.n.div_ceil(chunk) * options.steps;
@@ -228,7 +232,7 @@ impl ImageVariationPipeline {
         let cond = embeds.clone().reshape([1, 1, dim]).repeat_dim(0, n);
         let context = if guided { Tensor::cat(vec![cond.clone().zeros_like(), cond], 0) } else { cond };
 
-        let mut scheduler = kind.build(&self.scheduler_config, options.steps);
+        let mut scheduler = kind.build(&self.scheduler_config, options.steps)?;
         let mut noise = BatchNoise::new(options.seed, options.n, rows.clone());
         let scale = self.vae_scale();
         let shape = [n, self.unet.config().in_channels, height / scale, width / scale];

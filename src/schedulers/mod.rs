@@ -24,6 +24,17 @@ pub use euler_ancestral_discrete::EulerAncestralDiscreteScheduler;
 pub use euler_discrete::EulerDiscreteScheduler;
 pub use pndm::PndmScheduler;
 
+/// Why a scheduler cannot run a loop of the steps asked for.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum SchedulerError {
+    /// The scheduler config asks for something imvar does not implement.
+    #[error("scheduler/scheduler_config.json: {0}")]
+    Unsupported(String),
+    /// The number of steps does not fit the scheduler config.
+    #[error("{0}")]
+    Steps(String),
+}
+
 /// One denoising loop's worth of state: call `step` once per entry of `timesteps`, in order.
 pub trait Scheduler {
     /// The UNet's timestep for each call (floats: Euler's fall between integers).
@@ -85,14 +96,35 @@ impl SchedulerKind {
         }
     }
 
-    pub fn build(self, config: &SchedulerConfig, steps: usize) -> Box<dyn Scheduler> {
-        match self {
+    /// A scheduler for a loop of `steps`, refusing what diffusers refuses (more steps than
+    /// training timesteps) and what would step past the training timesteps (a `steps_offset`
+    /// pushing the last one out), with the reason.
+    pub fn build(self, config: &SchedulerConfig, steps: usize) -> Result<Box<dyn Scheduler>, SchedulerError> {
+        let trained = config.num_train_timesteps;
+        if steps == 0 || steps > trained {
+            return Err(SchedulerError::Steps(format!(
+                "steps must be between 1 and {trained}, the timesteps the model was trained with, not {steps}"
+            )));
+        }
+        if self == Self::Pndm && !config.skip_prk_steps {
+            return Err(SchedulerError::Unsupported(
+                "PNDM's Runge-Kutta warm-up (`skip_prk_steps` false) is not implemented: choose another scheduler".into(),
+            ));
+        }
+        let scheduler: Box<dyn Scheduler> = match self {
             Self::Pndm => Box::new(PndmScheduler::new(config, steps)),
             Self::Ddim => Box::new(DdimScheduler::new(config, steps)),
             Self::Euler => Box::new(EulerDiscreteScheduler::new(config, steps)),
             Self::EulerAncestral => Box::new(EulerAncestralDiscreteScheduler::new(config, steps)),
             Self::DpmSolverMultistep => Box::new(DpmSolverMultistepScheduler::new(config, steps)),
+        };
+        if let Some(&last) = scheduler.timesteps().iter().find(|&&t| t >= trained as f32) {
+            return Err(SchedulerError::Steps(format!(
+                "{steps} steps with `steps_offset` {} reach timestep {last}, past the {trained} the model was trained with: use fewer steps",
+                config.steps_offset
+            )));
         }
+        Ok(scheduler)
     }
 }
 

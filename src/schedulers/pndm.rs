@@ -21,8 +21,8 @@ pub struct PndmScheduler {
 }
 
 impl PndmScheduler {
+    /// Only with `skip_prk_steps` (`SchedulerKind::build` refuses the rest).
     pub fn new(config: &SchedulerConfig, steps: usize) -> Self {
-        assert!(config.skip_prk_steps, "PNDM without skip_prk_steps is rejected at config load");
         let alphas_cumprod = alphas_cumprod(config);
         let final_alpha_cumprod = if config.set_alpha_to_one.unwrap_or(false) { 1.0 } else { alphas_cumprod[0] };
         let t = leading_timesteps(config.num_train_timesteps, steps, config.steps_offset);

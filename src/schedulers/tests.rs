@@ -30,7 +30,7 @@ fn timesteps_sigmas_and_init_noise_sigma_match_diffusers() {
     for kind in SchedulerKind::ALL {
         for steps in [50, 25, 5, 1] {
             let key = |what: &str| format!("{}.steps{steps}.{what}", kind.name());
-            let scheduler = kind.build(&config, steps);
+            let scheduler = kind.build(&config, steps).unwrap();
             assert_eq!(scheduler.timesteps(), golden.f32(&key("timesteps")), "{}", key("timesteps"));
             assert_close(&[scheduler.init_noise_sigma()], &golden.f32(&key("init_noise_sigma")), 0.0, 1e-6);
             if golden.names().contains(&key("sigmas")) {
@@ -58,7 +58,7 @@ fn every_step_of_a_golden_run_matches_diffusers() {
         let config = real_config();
         for kind in SchedulerKind::ALL {
             let golden = Golden::open(&format!("run-{}.safetensors", kind.name()));
-            let mut scheduler = kind.build(&config, 5);
+            let mut scheduler = kind.build(&config, 5).unwrap();
             let mut generator = BatchNoise::new(SEED, 1, 0..1);
             let noise = generator.draw(golden.f32("noise").len());
             assert_eq!(noise, golden.f32("noise"), "initial latents of seed {SEED}");
@@ -86,4 +86,39 @@ fn scheduler_names_parse_and_unknown_ones_are_refused() {
     }
     let err = "heun".parse::<SchedulerKind>().unwrap_err();
     assert!(err.contains("heun") && err.contains("dpm++2m"), "{err}");
+}
+
+#[test]
+fn steps_the_config_cannot_take_are_refused_with_the_reason() {
+    let config = real_config();
+    let refused = |kind: SchedulerKind, config: &SchedulerConfig, steps| kind.build(config, steps).err().expect("refused").to_string();
+    // The real config's `steps_offset` 1 pushes 1000 leading timesteps to 1000.
+    for kind in [SchedulerKind::Pndm, SchedulerKind::Ddim] {
+        let err = refused(kind, &config, 1000);
+        assert!(err.contains("reach timestep 1000, past the 1000 the model was trained with"), "{}: {err}", kind.name());
+    }
+    // More steps than training timesteps, as diffusers refuses; and none.
+    let short = SchedulerConfig { num_train_timesteps: 10, ..config.clone() };
+    for kind in SchedulerKind::ALL {
+        assert!(refused(kind, &short, 20).contains("between 1 and 10, the timesteps the model was trained with, not 20"));
+        assert!(refused(kind, &config, 0).contains("not 0"));
+        // Everything that is built stays within the training timesteps.
+        for steps in [1, 7, 999] {
+            if let Ok(scheduler) = kind.build(&config, steps) {
+                assert!(scheduler.timesteps().iter().all(|&t| (0.0..1000.0).contains(&t)), "{} {steps}", kind.name());
+            }
+        }
+    }
+    // diffusers' PNDM default runs Runge-Kutta warm-up steps, which imvar does not.
+    let prk = SchedulerConfig { skip_prk_steps: false, ..config.clone() };
+    assert!(refused(SchedulerKind::Pndm, &prk, 5).contains("skip_prk_steps"));
+    assert!(SchedulerKind::Ddim.build(&prk, 5).is_ok());
+}
+
+#[test]
+fn a_config_with_fewer_than_two_training_timesteps_is_refused_by_key() {
+    for n in [0, 1] {
+        let err = SchedulerConfig::from_json(&format!(r#"{{"num_train_timesteps": {n}}}"#)).unwrap_err();
+        assert!(err.to_string().contains(&format!("`num_train_timesteps` = {n}: at least 2 are needed")), "{err}");
+    }
 }

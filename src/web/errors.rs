@@ -4,6 +4,7 @@
 use crate::gpu::GpuError;
 use crate::hub::{CacheError, HubError, StoreError};
 use crate::pipeline::PipelineError;
+use crate::schedulers::SchedulerError;
 use crate::weights::LoadError;
 
 /// The `name` of the `Error` a failed call rejects with.
@@ -98,7 +99,8 @@ impl Classified for PipelineError {
             PipelineError::InvalidOption(_) => ErrorKind::OptionError,
             PipelineError::Cancelled => ErrorKind::CancelledError,
             PipelineError::Gpu(_) => ErrorKind::GpuError,
-            PipelineError::Config(_) => ErrorKind::ModelError,
+            PipelineError::Config(_) | PipelineError::Scheduler(SchedulerError::Unsupported(_)) => ErrorKind::ModelError,
+            PipelineError::Scheduler(SchedulerError::Steps(_)) => ErrorKind::OptionError,
             PipelineError::Load(e) => e.kind(),
         }
     }
@@ -153,6 +155,8 @@ mod tests {
         assert_eq!(PipelineError::Cancelled.kind(), ErrorKind::CancelledError);
         assert_eq!(PipelineError::InvalidOption("n".into()).kind(), ErrorKind::OptionError);
         assert_eq!(PipelineError::Gpu("lost".into()).kind(), ErrorKind::GpuError);
+        assert_eq!(PipelineError::Scheduler(SchedulerError::Steps("too many".into())).kind(), ErrorKind::OptionError);
+        assert_eq!(PipelineError::Scheduler(SchedulerError::Unsupported("prk".into())).kind(), ErrorKind::ModelError);
         assert_eq!(OptionError("seed".into()).kind().name(), "OptionError");
     }
 }
