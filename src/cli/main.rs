@@ -186,7 +186,7 @@ mod cli {
         let bar = ProgressBar::new(0);
         bar.set_style(ProgressStyle::with_template("{msg:40} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}").unwrap());
         let fetch = imvar::hub::NativeFetch::default();
-        let snapshot = pollster::block_on(hf_cache::snapshot(&fetch, &hub_model, Some(variant), &mut |file, done, size| {
+        let snapshot = pollster::block_on(hf_cache::snapshot(&fetch, &hf_cache::hub_dir(), &hub_model, Some(variant), &mut |file, done, size| {
             bar.set_message(file.to_string());
             bar.set_length(size);
             bar.set_position(done);

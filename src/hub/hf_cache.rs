@@ -42,18 +42,30 @@ pub fn endpoint() -> String {
     std::env::var("HF_ENDPOINT").unwrap_or_else(|_| super::DEFAULT_ENDPOINT.into())
 }
 
-fn repo_dir(model: &HubModel) -> PathBuf {
-    hub_dir().join(format!("models--{}", model.repo.replace('/', "--")))
+/// `models--{owner}--{name}` (`HubModel::parse` allows no path in either part).
+fn repo_dir(hub: &Path, model: &HubModel) -> PathBuf {
+    hub.join(format!("models--{}", model.repo.replace('/', "--")))
+}
+
+/// A name the server chose that becomes a file or folder name in the cache (a blob's ETag, a
+/// snapshot's commit): only a hex digest — a git id (40 characters) or a sha256 (64) — so that
+/// no answer can name a path.
+fn digest<'a>(value: &'a str, what: &str, url: &str) -> Result<&'a str, HubError> {
+    if matches!(value.len(), 40 | 64) && value.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(value);
+    }
+    let shown: String = value.chars().take(80).collect();
+    Err(HubError::Invalid(format!("{url}: the server's {what} {shown:?} is not a hex digest")))
 }
 
 /// Progress: file path, bytes done, file size.
 pub type OnFile<'a> = &'a mut dyn FnMut(&str, u64, u64);
 
-/// Downloads what the pipeline needs of `model` (configs and each component's weight file,
-/// `variant`'s where the repo has one) and returns the snapshot folder. Offline, a snapshot
-/// made before is used.
-pub async fn snapshot(fetch: &dyn Fetch, model: &HubModel, variant: Option<&str>, on_file: OnFile<'_>) -> Result<PathBuf, HfCacheError> {
-    let repo = repo_dir(model);
+/// Downloads what the pipeline needs of `model` into the cache folder `hub` (`hub_dir()`):
+/// configs and each component's weight file, `variant`'s where the repo has one. Returns the
+/// snapshot folder. Offline, a snapshot made before is used.
+pub async fn snapshot(fetch: &dyn Fetch, hub: &Path, model: &HubModel, variant: Option<&str>, on_file: OnFile<'_>) -> Result<PathBuf, HfCacheError> {
+    let repo = repo_dir(hub, model);
     let retry = Retry::default();
     // Few retries for the first request: when it fails the network is down, and a snapshot will do.
     let probe = Retry { attempts: 3, ..retry };
@@ -62,7 +74,11 @@ pub async fn snapshot(fetch: &dyn Fetch, model: &HubModel, variant: Option<&str>
         Err(e) if e.is_offline() => return offline(&repo, model),
         Err(e) => return Err(e.into()),
     };
-    let commit = index.commit.clone().unwrap_or_else(|| model.revision.replace('/', "--"));
+    let commit = match &index.commit {
+        Some(commit) => digest(commit, "commit (X-Repo-Commit)", &model.url("model_index.json"))?.to_string(),
+        // No commit named: the folder is named after the revision (`HubModel::parse` checked it).
+        None => model.revision.replace('/', "--"),
+    };
     let snapshot = repo.join("snapshots").join(&commit);
     let mut paths = text_paths();
     for (component, _) in COMPONENTS {
@@ -86,6 +102,8 @@ pub async fn snapshot(fetch: &dyn Fetch, model: &HubModel, variant: Option<&str>
 
 fn offline(repo: &Path, model: &HubModel) -> Result<PathBuf, HfCacheError> {
     let commit = std::fs::read_to_string(repo.join("refs").join(&model.revision)).ok();
+    // Written by `snapshot` from a checked name; read back with the same check.
+    let commit = commit.filter(|c| digest(c.trim(), "commit", "refs").is_ok() || *c == model.revision.replace('/', "--"));
     let snapshot = commit.map(|c| repo.join("snapshots").join(c.trim()));
     snapshot.filter(|s| s.join("model_index.json").exists()).ok_or_else(|| HfCacheError::Offline(model.key()))
 }
@@ -97,6 +115,7 @@ async fn fetch_file(fetch: &dyn Fetch, model: &HubModel, repo: &Path, snapshot: 
     let first = super::download(fetch, &url, Some(0..1), Retry::default()).await?;
     let size = first.file_size.unwrap_or(0);
     let etag = first.etag.clone().ok_or_else(|| HubError::Invalid(format!("{url}: no ETag")))?;
+    let etag = digest(&etag, "ETag", &url)?.to_string();
     let blobs = repo.join("blobs");
     std::fs::create_dir_all(&blobs).map_err(io(&blobs))?;
     let blob = blobs.join(&etag);
@@ -135,4 +154,107 @@ fn link_or_copy(target: &Path, _blob: &Path, link: &Path) -> Result<(), HfCacheE
 #[cfg(not(unix))]
 fn link_or_copy(_target: &Path, blob: &Path, link: &Path) -> Result<(), HfCacheError> {
     std::fs::copy(blob, link).map(|_| ()).map_err(io(link))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::ops::Range;
+
+    use super::*;
+    use crate::LocalFuture;
+    use crate::hub::{Headers, Response};
+    use crate::weights::source::weights_file;
+
+    /// A Hub that serves every file the snapshot asks for, each answer carrying the ETag and
+    /// commit a test gives it, whatever they are.
+    struct Hostile {
+        files: BTreeMap<String, Vec<u8>>,
+        etag: String,
+        commit: Option<String>,
+    }
+
+    impl Hostile {
+        fn new(etag: &str, commit: Option<&str>) -> Self {
+            let mut files: BTreeMap<String, Vec<u8>> = text_paths().into_iter().map(|p| (p, b"{}".to_vec())).collect();
+            for (component, _) in COMPONENTS {
+                files.insert(weights_file(component, None), vec![0; 16]);
+            }
+            Self { files, etag: etag.into(), commit: commit.map(String::from) }
+        }
+    }
+
+    impl Fetch for Hostile {
+        fn get<'a>(&'a self, url: &'a str, range: Option<Range<u64>>) -> LocalFuture<'a, Result<Response, String>> {
+            let path = url.split_once("/resolve/main/").map_or("", |(_, p)| p);
+            let headers = Headers { etag: Some(format!("\"{}\"", self.etag)), repo_commit: self.commit.clone(), ..Default::default() };
+            let answer = match (self.files.get(path), range) {
+                (None, _) => Response { status: 404, headers, body: Vec::new(), truncated: false },
+                (Some(body), None) => Response { status: 200, headers, body: body.clone(), truncated: false },
+                (Some(body), Some(r)) => {
+                    let end = r.end.min(body.len() as u64);
+                    let headers = Headers { content_range: Some(format!("bytes {}-{}/{}", r.start, end - 1, body.len())), ..headers };
+                    Response { status: 206, headers, body: body[r.start as usize..end as usize].to_vec(), truncated: false }
+                }
+            };
+            Box::pin(std::future::ready(Ok(answer)))
+        }
+
+        fn sleep(&self, _: web_time::Duration) -> LocalFuture<'static, ()> {
+            Box::pin(std::future::ready(()))
+        }
+    }
+
+    /// Every file and folder below `root`.
+    fn tree(root: &Path) -> Vec<PathBuf> {
+        let mut all = Vec::new();
+        for entry in std::fs::read_dir(root).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() && !path.is_symlink() {
+                all.extend(tree(&path));
+            }
+            all.push(path);
+        }
+        all
+    }
+
+    /// Runs a snapshot against `hub` in a fresh folder; returns the result and everything
+    /// written beside the cache folder (which must be nothing).
+    fn snapshot_into_fresh_cache(hub: &Hostile, name: &str) -> (Result<PathBuf, HfCacheError>, Vec<PathBuf>) {
+        let root = std::env::temp_dir().join(format!("imvar-hf-cache-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let cache = root.join("home/hub");
+        std::fs::create_dir_all(&cache).unwrap();
+        let model = HubModel::parse("owner/model@main", "http://127.0.0.1:9").unwrap();
+        let result = pollster::block_on(snapshot(hub, &cache, &model, None, &mut |_, _, _| {}));
+        let outside = tree(&root).into_iter().filter(|p| !p.starts_with(&cache) && *p != root.join("home")).collect();
+        std::fs::remove_dir_all(&root).unwrap();
+        (result, outside)
+    }
+
+    const SHA256: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    #[test]
+    fn a_sound_answer_is_cached_under_its_digests() {
+        let (result, outside) = snapshot_into_fresh_cache(&Hostile::new(SHA256, Some(COMMIT)), "sound");
+        assert!(result.unwrap().ends_with(format!("snapshots/{COMMIT}")));
+        assert!(outside.is_empty(), "{outside:?}");
+    }
+
+    #[test]
+    fn path_like_etags_and_commits_write_nothing_outside_the_cache() {
+        for (etag, commit) in [
+            ("../../../escape", Some(COMMIT)),
+            ("/tmp/absolute", Some(COMMIT)),
+            (SHA256, Some("../../../escape")),
+            (SHA256, Some("/tmp/absolute")),
+            (&"a".repeat(63), Some(COMMIT)),
+        ] {
+            let (result, outside) = snapshot_into_fresh_cache(&Hostile::new(etag, commit), "hostile");
+            let err = result.expect_err(etag).to_string();
+            assert!(err.contains("is not a hex digest"), "{err}");
+            assert!(outside.is_empty(), "{etag} {commit:?} wrote {outside:?}");
+        }
+    }
 }

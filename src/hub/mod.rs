@@ -50,11 +50,14 @@ pub fn default_revision(repo: &str) -> &'static str {
 
 impl HubModel {
     /// `owner/name` or `owner/name@revision` (`default_revision` when absent) on `endpoint`.
+    /// Each part is letters, digits, `-`, `_` and `.` (a revision's parts joined by `/`),
+    /// never `.` or `..`.
     pub fn parse(spec: &str, endpoint: &str) -> Result<Self, HubError> {
         let (repo, revision) = spec.split_once('@').unwrap_or((spec, default_revision(spec)));
-        let valid = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        // Names become URL segments and, natively, cache folders: no empty, `.` or `..` part.
+        let valid = |s: &str| !s.is_empty() && s != "." && s != ".." && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
         match repo.split_once('/') {
-            Some((owner, name)) if valid(owner) && valid(name) && !revision.is_empty() => Ok(Self {
+            Some((owner, name)) if valid(owner) && valid(name) && revision.split('/').all(valid) => Ok(Self {
                 endpoint: endpoint.trim_end_matches('/').into(),
                 repo: repo.into(),
                 revision: revision.into(),
@@ -119,7 +122,8 @@ mod tests {
         assert_eq!(HubModel::parse("owner/name", DEFAULT_ENDPOINT).unwrap().revision, "main");
         assert_eq!(HubModel::parse(DEFAULT_REPO, DEFAULT_ENDPOINT).unwrap(), HubModel::default());
         assert_eq!(HubModel::parse(&format!("{DEFAULT_REPO}@main"), DEFAULT_ENDPOINT).unwrap().revision, "main");
-        for bad in ["name", "a/b/c", "/b", "a/b@", "a b/c"] {
+        assert_eq!(HubModel::parse("a/b@refs/pr/20", DEFAULT_ENDPOINT).unwrap().revision, "refs/pr/20");
+        for bad in ["name", "a/b/c", "/b", "a/b@", "a b/c", "../b", "a/..", "a/b@..", "a/b@refs/../../x", "a/b@/abs", "a/b@x//y"] {
             assert!(HubModel::parse(bad, DEFAULT_ENDPOINT).is_err(), "{bad}");
         }
     }
