@@ -283,6 +283,24 @@ try {
     await page.getByRole("button", { name: "Dismiss" }).click();
     await alert.waitFor({ state: "hidden", timeout: 10_000 });
   });
+
+  await check("a_link_cannot_run_script_in_the_page", async () => {
+    const hostile = await browser.newContext({ viewport: { width: 1280, height: 1000 } });
+    page = await hostile.newPage();
+    await page.goto(`${app}/?endpoint=${encodeURIComponent("javascript:alert(document.domain)//")}&model=imvar-tests/tiny`);
+    await page.getByText(/endpoint was not usable/).waitFor({ timeout: 60_000 });
+    const href = await page.locator("#model-link").getAttribute("href");
+    if (!/^https?:\/\//.test(href)) throw new Error(`the model link goes to ${href}`);
+    // The page's Content-Security-Policy refuses inline script, however it gets in.
+    const ran = await page.evaluate(() => {
+      const script = document.createElement("script");
+      script.textContent = "window.injected = true";
+      document.head.append(script);
+      return window.injected === true;
+    });
+    if (ran) throw new Error("an injected inline script ran");
+    await shot("9-hostile-link");
+  });
 } catch {
   // Reported above.
 } finally {

@@ -5,12 +5,16 @@
 
 Sends correct MIME types (application/wasm for .wasm, text/javascript for modules), answers
 single-range requests (`Range: bytes=a-b`, `a-`, `-n`) with 206 and Content-Range, unsatisfiable
-ones with 416, and never serves a path outside its mounts.
+ones with 416, and never serves a path outside its mounts. Where the root mount's index.html
+declares a Content-Security-Policy in a <meta> tag, every answer carries it as a header (the one
+form workers obey), so the policy is written once, in the page.
 """
 
 import argparse
+import html
 import os
 import posixpath
+import re
 import sys
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,8 +38,17 @@ MIME = {
 }
 
 
+def page_policy(index):
+    """The Content-Security-Policy an index.html's <meta http-equiv> declares, or None."""
+    if not index.is_file():
+        return None
+    found = re.search(r'<meta\s+http-equiv="Content-Security-Policy"\s+content="([^"]*)"', index.read_text(encoding="utf-8"))
+    return html.unescape(found.group(1)) if found else None
+
+
 class Handler(BaseHTTPRequestHandler):
     mounts = []  # (url prefix, directory), longest prefix first
+    policy = None  # the page's Content-Security-Policy, sent with every answer
     protocol_version = "HTTP/1.1"
 
     def log_message(self, fmt, *args):
@@ -83,6 +96,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(end - start + 1))
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Cache-Control", "no-cache")
+        if self.policy:
+            self.send_header("Content-Security-Policy", self.policy)
         self.end_headers()
         if not head:
             send_file_bytes(target, start, end - start + 1, self.wfile)
@@ -100,6 +115,7 @@ def main():
         prefix, _, directory = spec.partition("=")
         mounts.append(("/" + prefix.strip("/"), Path(directory).resolve()))
     Handler.mounts = sorted(mounts, key=lambda m: -len(m[0]))
+    Handler.policy = next((page_policy(d / "index.html") for p, d in mounts if p == "/"), None)
     server = ThreadingHTTPServer((args.host, args.port), Handler)
     print(f"serving on http://{args.host}:{server.server_port}/", flush=True)
     try:

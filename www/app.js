@@ -3,8 +3,31 @@
 // Query parameters `endpoint`, `model` and `revision` select another Hub or model.
 
 const $ = (id) => document.getElementById(id);
-const params = new URLSearchParams(location.search);
-const model = Object.fromEntries(["endpoint", "model", "revision"].filter((k) => params.get(k)).map((k) => [k, params.get(k)]));
+const DEFAULT_ENDPOINT = "https://huggingface.co";
+
+// Whoever wrote the link chose these parameters: the endpoint must parse as an http(s) URL, the
+// model and revision must be plain names, or they are left out (and the page says so).
+function modelFromLink(search) {
+  const params = new URLSearchParams(search);
+  const model = {};
+  const refused = [];
+  const endpoint = params.get("endpoint");
+  if (endpoint) {
+    let url = null;
+    try { url = new URL(endpoint); } catch { /* refused below */ }
+    if (url && (url.protocol === "https:" || url.protocol === "http:")) model.endpoint = url.href.replace(/\/$/, "");
+    else refused.push("endpoint");
+  }
+  const NAME = /^[\w.-]+\/[\w.-]+$/;
+  const REVISION = /^[\w.-]+(\/[\w.-]+)*$/;
+  for (const [key, pattern] of [["model", NAME], ["revision", REVISION]]) {
+    const value = params.get(key);
+    if (value && pattern.test(value) && !value.split("/").some((part) => part === "." || part === "..")) model[key] = value;
+    else if (value) refused.push(key);
+  }
+  return { model, refused };
+}
+const { model, refused: refusedParams } = modelFromLink(location.search);
 const SCHEDULER_NAMES = { pndm: "PNDM", ddim: "DDIM", euler: "Euler", "euler-a": "Euler ancestral", "dpm++2m": "DPM-Solver++ 2M" };
 const COMPONENTS = ["image_encoder", "unet", "vae"];
 
@@ -31,7 +54,10 @@ function startWorker() {
 startWorker();
 if (model.model) {
   $("model-link").textContent = model.model;
-  $("model-link").href = `${model.endpoint ?? "https://huggingface.co"}/${model.model}`;
+  $("model-link").href = new URL(model.model, `${model.endpoint ?? DEFAULT_ENDPOINT}/`).href;
+}
+if (refusedParams.length) {
+  showError({ name: "OptionError", message: `The link's ${refusedParams.join(" and ")} ${refusedParams.length > 1 ? "were" : "was"} not usable and ${refusedParams.length > 1 ? "were" : "was"} left out.` });
 }
 
 // ---------- formatting ----------
