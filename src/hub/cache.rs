@@ -200,7 +200,7 @@ impl<'a> HubCache<'a> {
         let (path, first) = weights_file_of(self.fetch, &self.model, component, Some(PREFERRED_VARIANT), self.options.retry).await?;
         let len = SafetensorsIndex::header_len(first.bytes.as_slice().try_into().map_err(|_| truncated(&path))?, &path)?;
         let header = self.range(&path, 8..8 + len).await?;
-        let index = SafetensorsIndex::parse(&header.bytes, &path)?;
+        let index = SafetensorsIndex::parse(&header.bytes, &path, first.file_size)?;
         let unused = unused_prefixes(component);
         let mut tensors = Vec::new();
         for info in index.tensors().into_iter().filter(|t| !is_unused(&t.name, unused)) {

@@ -120,7 +120,12 @@ fn accept(url: &str, range: &Option<Range<u64>>, response: Response) -> Result<D
                 .as_deref()
                 .and_then(parse_content_range)
                 .ok_or_else(|| Attempt::Fail(HubError::Invalid(format!("{url}: 206 without a usable Content-Range"))))?;
-            if start != wanted.start || end != wanted.end.min(total) || body.len() as u64 != end - start {
+            // A file shorter than the range asked for stays short: no retry mends it, and a
+            // short answer must never pass for the whole range.
+            if total < wanted.end {
+                return Err(Attempt::Fail(HubError::Invalid(format!("{url}: the file has {total} bytes, not the {} asked for", wanted.end))));
+            }
+            if start != wanted.start || end != wanted.end || body.len() as u64 != end - start {
                 return Err(Attempt::Retry(format!("{url}: asked for {wanted:?}, got {start}..{end} ({} bytes)", body.len())));
             }
             (Some(total), body)
@@ -228,5 +233,8 @@ mod tests {
         assert!(offline.unwrap_err().is_offline() && asked == 6);
         let (wrong, _) = run(vec![answer(206, Some("bytes 0-9/100"), &file[..10], false); 6], Some(10..20));
         assert!(wrong.is_err());
+        // A file that ends inside the range: one clear error, not a short body.
+        let (short, asked) = run(vec![answer(206, Some("bytes 90-99/100"), &file[90..], false)], Some(90..120));
+        assert!(short.unwrap_err().to_string().contains("the file has 100 bytes, not the 120 asked for") && asked == 1);
     }
 }

@@ -18,22 +18,41 @@ pub struct SafetensorsIndex {
 
 impl SafetensorsIndex {
     /// Headers are a few hundred KiB even for SD's UNet; anything this large is not one.
-    const MAX_HEADER: u64 = 100 << 20;
+    const MAX_HEADER: u64 = 8 << 20;
+    /// The most bytes one tensor may take: no GPU storage binding holds more, and SD's largest
+    /// weight is about 50 MB. Checked before anything is allocated for it.
+    pub const MAX_TENSOR: u64 = 1 << 30;
 
     /// The header's length from the file's first 8 bytes; `file` names it in errors.
     pub fn header_len(first: [u8; 8], file: &str) -> Result<u64, LoadError> {
         let len = u64::from_le_bytes(first);
         if len > Self::MAX_HEADER {
-            return Err(LoadError::Io(format!("{file}: not a safetensors file")));
+            return Err(LoadError::Io(format!("{file}: not a safetensors file (its header would be {len} bytes)")));
         }
         Ok(len)
     }
 
-    /// From the header's JSON (the `header_len` bytes after the first 8).
-    pub fn parse(header_json: &[u8], file: &str) -> Result<Self, LoadError> {
-        let metadata = serde_json::from_slice(header_json)
+    /// From the header's JSON (the `header_len` bytes after the first 8), checked against the
+    /// file's size where it is known: every tensor must lie inside the file and within
+    /// `MAX_TENSOR`.
+    pub fn parse(header_json: &[u8], file: &str, file_size: Option<u64>) -> Result<Self, LoadError> {
+        let metadata: Metadata = serde_json::from_slice(header_json)
             .map_err(|e| LoadError::Io(format!("{file}: invalid safetensors header: {e}")))?;
-        Ok(Self { metadata, data_start: 8 + header_json.len() as u64 })
+        let index = Self { metadata, data_start: 8 + header_json.len() as u64 };
+        for info in index.tensors() {
+            let (_, _, range) = index.locate(&info.name)?;
+            let len = range.end - range.start;
+            if len > Self::MAX_TENSOR {
+                return Err(LoadError::Io(format!("{file}: tensor `{}` declares {len} bytes, more than one tensor may take ({})", info.name, Self::MAX_TENSOR)));
+            }
+            if let Some(size) = file_size.filter(|&size| range.end > size) {
+                return Err(LoadError::Io(format!(
+                    "{file}: tensor `{}` lies at bytes {}..{}, past the end of the {size}-byte file (a truncated download?)",
+                    info.name, range.start, range.end
+                )));
+            }
+        }
+        Ok(index)
     }
 
     /// Every tensor, in file order.
@@ -75,7 +94,8 @@ impl SafetensorsFile {
         file.read_exact(&mut first).map_err(io)?;
         let mut header = vec![0u8; SafetensorsIndex::header_len(first, &name)? as usize];
         file.read_exact(&mut header).map_err(io)?;
-        let index = SafetensorsIndex::parse(&header, &name)?;
+        let size = file.metadata().map_err(io)?.len();
+        let index = SafetensorsIndex::parse(&header, &name, Some(size))?;
         Ok(Self { file, index, path: path.into() })
     }
 }
@@ -97,5 +117,56 @@ impl TensorSource for SafetensorsFile {
             Ok(RawTensor { shape, dtype, bytes })
         })();
         Box::pin(std::future::ready(result))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A header placing one f32 tensor of `shape` at the start of the data.
+    fn header(shape: &[u64]) -> Vec<u8> {
+        let bytes: u64 = shape.iter().product::<u64>() * 4;
+        serde_json::json!({"w": {"dtype": "F32", "shape": shape, "data_offsets": [0, bytes]}}).to_string().into_bytes()
+    }
+
+    #[test]
+    fn tensors_inside_the_file_are_located() {
+        let json = header(&[2, 3]);
+        let size = 8 + json.len() as u64 + 24;
+        let index = SafetensorsIndex::parse(&json, "f", Some(size)).unwrap();
+        let (shape, _, range) = index.locate("w").unwrap();
+        assert_eq!((shape, range), (vec![2, 3], 8 + json.len() as u64..size));
+    }
+
+    #[test]
+    fn a_tensor_past_the_end_of_the_file_is_named() {
+        let json = header(&[2, 3]);
+        let err = SafetensorsIndex::parse(&json, "unet/x.safetensors", Some(8 + json.len() as u64 + 23)).err().unwrap();
+        assert!(err.to_string().contains("unet/x.safetensors: tensor `w` lies at bytes"), "{err}");
+        assert!(err.to_string().contains("past the end of the"), "{err}");
+    }
+
+    #[test]
+    fn a_tensor_larger_than_any_binding_is_refused_before_allocation() {
+        // A consistent header declaring a terabyte: refused by its size, whatever the file says.
+        let err = SafetensorsIndex::parse(&header(&[1 << 18, 1 << 20]), "vae/x.safetensors", None).err().unwrap();
+        assert!(err.to_string().contains("tensor `w` declares 1099511627776 bytes"), "{err}");
+        let huge = SafetensorsIndex::header_len((200u64 << 20).to_le_bytes(), "f").unwrap_err();
+        assert!(huge.to_string().contains("not a safetensors file"), "{huge}");
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    #[test]
+    fn a_truncated_file_is_an_error_when_opened() {
+        let json = header(&[1 << 18, 1 << 8]);
+        let mut file = (json.len() as u64).to_le_bytes().to_vec();
+        file.extend(&json);
+        file.extend(vec![0u8; 1000]);
+        let path = std::env::temp_dir().join(format!("imvar-truncated-{}.safetensors", std::process::id()));
+        std::fs::write(&path, &file).unwrap();
+        let err = SafetensorsFile::open(&path).err().unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(err.to_string().contains("past the end of the"), "{err}");
     }
 }
