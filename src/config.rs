@@ -176,7 +176,35 @@ impl UNetConfig {
                     &format!("one per block_out_channels entry ({n})")));
             }
         }
+        config.check(&Rules { file })?;
         Ok(config)
+    }
+
+    fn check(&self, rules: &Rules) -> Result<(), ConfigError> {
+        rules.block_channels(&self.block_out_channels, self.norm_num_groups)?;
+        for (key, value) in [("in_channels", self.in_channels), ("out_channels", self.out_channels),
+            ("layers_per_block", self.layers_per_block), ("cross_attention_dim", self.cross_attention_dim)] {
+            rules.positive(key, value)?;
+        }
+        rules.positive_number("norm_eps", self.norm_eps)?;
+        if let Some(size) = self.sample_size {
+            rules.positive("sample_size", size)?;
+        }
+        let (key, heads) = match &self.num_attention_heads {
+            Some(heads) => ("num_attention_heads", heads),
+            None => ("attention_head_dim", &self.attention_head_dim),
+        };
+        let blocks = self.block_out_channels.len();
+        if let PerBlock::Each(each) = heads {
+            rules.require(each.len() == blocks, key, each, &format!("one per block_out_channels entry ({blocks})"))?;
+        }
+        // The blocks with attention, and the mid block (the last block's heads and width).
+        let attended = self.down_block_types.iter().enumerate().filter(|(_, t)| t.starts_with("CrossAttn")).map(|(i, _)| i);
+        for block in attended.chain([blocks - 1]) {
+            let (heads, channels) = (self.heads(block), self.block_out_channels[block]);
+            rules.require(heads > 0 && channels % heads == 0, key, heads, &format!("block {block}'s {channels} channels must split evenly into its heads"))?;
+        }
+        Ok(())
     }
 
     /// Heads of the attention in down block `block` (diffusers: `num_attention_heads or
@@ -196,6 +224,37 @@ fn unsupported(file: &str, key: &str, value: &str, supported: &str) -> ConfigErr
         key: key.into(),
         value: value.into(),
         supported: supported.into(),
+    }
+}
+
+/// A parsed config's rules, each naming the key it is about, so a degenerate file is refused
+/// where it is read instead of failing somewhere inside the model.
+struct Rules<'a> {
+    file: &'a str,
+}
+
+impl Rules<'_> {
+    fn require(&self, holds: bool, key: &str, value: impl std::fmt::Debug, reason: &str) -> Result<(), ConfigError> {
+        if holds {
+            return Ok(());
+        }
+        Err(ConfigError::Invalid { file: self.file.into(), key: key.into(), value: format!("{value:?}"), reason: reason.into() })
+    }
+
+    fn positive(&self, key: &str, value: usize) -> Result<(), ConfigError> {
+        self.require(value > 0, key, value, "must be at least 1")
+    }
+
+    fn positive_number(&self, key: &str, value: f64) -> Result<(), ConfigError> {
+        self.require(value.is_finite() && value > 0.0, key, value, "must be a number above 0")
+    }
+
+    /// Channel counts for each block: at least one block, each a whole number of `groups`.
+    fn block_channels(&self, channels: &[usize], groups: usize) -> Result<(), ConfigError> {
+        self.positive("norm_num_groups", groups)?;
+        self.require(!channels.is_empty(), "block_out_channels", channels, "at least one block is needed")?;
+        let fits = channels.iter().all(|&c| c > 0 && c % groups == 0);
+        self.require(fits, "block_out_channels", channels, &format!("each must be a multiple of norm_num_groups ({groups})"))
     }
 }
 
@@ -251,6 +310,14 @@ impl VaeConfig {
         if let Some(bad) = config.up_block_types.iter().find(|t| *t != "UpDecoderBlock2D") {
             return Err(unsupported(file, "up_block_types", bad, "UpDecoderBlock2D"));
         }
+        let rules = Rules { file };
+        rules.block_channels(&config.block_out_channels, config.norm_num_groups)?;
+        let blocks = config.block_out_channels.len();
+        rules.require(config.up_block_types.len() == blocks, "up_block_types", &config.up_block_types, &format!("one per block_out_channels entry ({blocks})"))?;
+        for (key, value) in [("out_channels", config.out_channels), ("layers_per_block", config.layers_per_block), ("latent_channels", config.latent_channels)] {
+            rules.positive(key, value)?;
+        }
+        rules.positive_number("scaling_factor", config.scaling_factor as f64)?;
         Ok(config)
     }
 
@@ -315,7 +382,20 @@ impl Default for ClipVisionConfig {
 
 impl ClipVisionConfig {
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
-        parse("image_encoder/config.json", text, &[("hidden_act", "quick_gelu".into())])
+        let file = "image_encoder/config.json";
+        let config: Self = parse(file, text, &[("hidden_act", "quick_gelu".into())])?;
+        let rules = Rules { file };
+        for (key, value) in [("hidden_size", config.hidden_size), ("intermediate_size", config.intermediate_size),
+            ("projection_dim", config.projection_dim), ("num_attention_heads", config.num_attention_heads),
+            ("num_channels", config.num_channels), ("patch_size", config.patch_size)] {
+            rules.positive(key, value)?;
+        }
+        let heads = config.num_attention_heads;
+        rules.require(config.hidden_size % heads == 0, "hidden_size", config.hidden_size, &format!("must split evenly into the {heads} heads"))?;
+        let patch = config.patch_size;
+        rules.require(config.image_size >= patch && config.image_size % patch == 0, "image_size", config.image_size, &format!("must be a whole number of {patch}-pixel patches"))?;
+        rules.positive_number("layer_norm_eps", config.layer_norm_eps)?;
+        Ok(config)
     }
 
     pub fn num_positions(&self) -> usize {
@@ -395,6 +475,18 @@ impl SchedulerConfig {
         }
         Ok(config)
     }
+}
+
+/// The components' configs fit together: the image embedding is the UNet's context, and the
+/// UNet denoises the VAE's latents.
+pub fn check_components_fit(clip: &ClipVisionConfig, unet: &UNetConfig, vae: &VaeConfig) -> Result<(), ConfigError> {
+    let rules = Rules { file: "unet/config.json" };
+    let (projection, latents) = (clip.projection_dim, vae.latent_channels);
+    let context = format!("must equal image_encoder's projection_dim ({projection})");
+    rules.require(unet.cross_attention_dim == projection, "cross_attention_dim", unet.cross_attention_dim, &context)?;
+    let channels = format!("must equal vae's latent_channels ({latents})");
+    rules.require(unet.in_channels == latents, "in_channels", unet.in_channels, &channels)?;
+    rules.require(unet.out_channels == latents, "out_channels", unet.out_channels, &channels)
 }
 
 /// `model_index.json`: which component classes the pipeline has.
@@ -480,5 +572,56 @@ mod tests {
         assert!(matches!(UNetConfig::from_json("{ not json"), Err(ConfigError::Parse { .. })));
         let per_block = real("unet/config.json").replace("\"attention_head_dim\": 8", "\"attention_head_dim\": [5, 10, 20, 20]");
         assert_eq!(UNetConfig::from_json(&per_block).unwrap().heads(1), 10);
+    }
+
+    /// The real `path` with `key` set to `value`.
+    fn with(path: &str, key: &str, value: Value) -> String {
+        let mut config: Value = serde_json::from_str(&real(path)).unwrap();
+        config[key] = value;
+        config.to_string()
+    }
+
+    #[test]
+    fn components_that_do_not_fit_together_are_named() {
+        let clip = ClipVisionConfig::from_json(&real("image_encoder/config.json")).unwrap();
+        let unet = UNetConfig::from_json(&real("unet/config.json")).unwrap();
+        let vae = VaeConfig::from_json(&real("vae/config.json")).unwrap();
+        check_components_fit(&clip, &unet, &vae).unwrap();
+        let wide = UNetConfig { cross_attention_dim: 1024, ..unet.clone() };
+        let err = check_components_fit(&clip, &wide, &vae).unwrap_err().to_string();
+        assert!(err.contains("`cross_attention_dim` = 1024: must equal image_encoder's projection_dim (768)"), "{err}");
+        let eight = VaeConfig { latent_channels: 8, ..vae };
+        let err = check_components_fit(&clip, &unet, &eight).unwrap_err().to_string();
+        assert!(err.contains("`in_channels` = 4: must equal vae's latent_channels (8)"), "{err}");
+    }
+
+    #[test]
+    fn degenerate_values_are_refused_by_key() {
+        use serde_json::json;
+        let unet = |key, value| UNetConfig::from_json(&with("unet/config.json", key, value)).map(drop);
+        let vae = |key, value| VaeConfig::from_json(&with("vae/config.json", key, value)).map(drop);
+        let clip = |key, value| ClipVisionConfig::from_json(&with("image_encoder/config.json", key, value)).map(drop);
+        for (result, words) in [
+            (unet("norm_num_groups", json!(0)), "`norm_num_groups` = 0: must be at least 1"),
+            (unet("block_out_channels", json!([320, 640, 1280, 1000])), "each must be a multiple of norm_num_groups (32)"),
+            (unet("attention_head_dim", json!([])), "`attention_head_dim` = []: one per block_out_channels entry (4)"),
+            (unet("attention_head_dim", json!(0)), "`attention_head_dim` = 0: block 0's 320 channels must split evenly"),
+            (unet("attention_head_dim", json!(7)), "`attention_head_dim` = 7: block 0's 320 channels must split evenly"),
+            (unet("layers_per_block", json!(0)), "`layers_per_block` = 0"),
+            (unet("sample_size", json!(0)), "`sample_size` = 0"),
+            (unet("norm_eps", json!(-1.0)), "`norm_eps` = -1.0: must be a number above 0"),
+            (vae("block_out_channels", json!([])), "`block_out_channels` = []: at least one block is needed"),
+            (vae("norm_num_groups", json!(48)), "each must be a multiple of norm_num_groups (48)"),
+            (vae("up_block_types", json!(["UpDecoderBlock2D"])), "`up_block_types`"),
+            (vae("latent_channels", json!(0)), "`latent_channels` = 0"),
+            (vae("scaling_factor", json!(0.0)), "`scaling_factor` = 0.0"),
+            (clip("patch_size", json!(0)), "`patch_size` = 0: must be at least 1"),
+            (clip("num_attention_heads", json!(0)), "`num_attention_heads` = 0"),
+            (clip("num_attention_heads", json!(7)), "`hidden_size` = 1024: must split evenly into the 7 heads"),
+            (clip("image_size", json!(200)), "`image_size` = 200: must be a whole number of 14-pixel patches"),
+        ] {
+            let err = result.expect_err(words).to_string();
+            assert!(err.contains(words), "{err}\nshould say: {words}");
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! weights streamed to the device one tensor at a time.
 
 use super::{ImageVariationPipeline, PipelineError};
-use crate::config::{ClipVisionConfig, ModelIndex, SchedulerConfig, UNetConfig, VaeConfig};
+use crate::config::{ClipVisionConfig, ModelIndex, SchedulerConfig, UNetConfig, VaeConfig, check_components_fit};
 use crate::gpu::Gpu;
 use crate::models::clip_vision::ClipVisionModelWithProjection;
 use crate::models::unet_2d::UNet2DConditionModel;
@@ -84,12 +84,7 @@ impl ImageVariationPipeline {
         let unet_config = UNetConfig::from_json(&source.text("unet/config.json").await?)?;
         let vae_config = VaeConfig::from_json(&source.text("vae/config.json").await?)?;
         let scheduler_config = SchedulerConfig::from_json(&source.text("scheduler/scheduler_config.json").await?)?;
-        if clip_config.projection_dim != unet_config.cross_attention_dim {
-            return Err(PipelineError::InvalidOption(format!(
-                "image_encoder projection_dim {} != unet cross_attention_dim {}",
-                clip_config.projection_dim, unet_config.cross_attention_dim
-            )));
-        }
+        check_components_fit(&clip_config, &unet_config, &vae_config)?;
         let reserved = || gpu.device.memory_pool_usage().map(|u| u.bytes_reserved);
         let before = reserved();
         // Boxed: the futures hold whole models, too large for a thread's stack in debug builds.
