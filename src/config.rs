@@ -202,7 +202,7 @@ impl UNetConfig {
         let attended = self.down_block_types.iter().enumerate().filter(|(_, t)| t.starts_with("CrossAttn")).map(|(i, _)| i);
         for block in attended.chain([blocks - 1]) {
             let (heads, channels) = (self.heads(block), self.block_out_channels[block]);
-            rules.require(heads > 0 && channels % heads == 0, key, heads, &format!("block {block}'s {channels} channels must split evenly into its heads"))?;
+            rules.require(heads > 0 && channels.is_multiple_of(heads), key, heads, &format!("block {block}'s {channels} channels must split evenly into its heads"))?;
         }
         Ok(())
     }
@@ -253,7 +253,7 @@ impl Rules<'_> {
     fn block_channels(&self, channels: &[usize], groups: usize) -> Result<(), ConfigError> {
         self.positive("norm_num_groups", groups)?;
         self.require(!channels.is_empty(), "block_out_channels", channels, "at least one block is needed")?;
-        let fits = channels.iter().all(|&c| c > 0 && c % groups == 0);
+        let fits = channels.iter().all(|&c| c > 0 && c.is_multiple_of(groups));
         self.require(fits, "block_out_channels", channels, &format!("each must be a multiple of norm_num_groups ({groups})"))
     }
 }
@@ -391,9 +391,9 @@ impl ClipVisionConfig {
             rules.positive(key, value)?;
         }
         let heads = config.num_attention_heads;
-        rules.require(config.hidden_size % heads == 0, "hidden_size", config.hidden_size, &format!("must split evenly into the {heads} heads"))?;
+        rules.require(config.hidden_size.is_multiple_of(heads), "hidden_size", config.hidden_size, &format!("must split evenly into the {heads} heads"))?;
         let patch = config.patch_size;
-        rules.require(config.image_size >= patch && config.image_size % patch == 0, "image_size", config.image_size, &format!("must be a whole number of {patch}-pixel patches"))?;
+        rules.require(config.image_size >= patch && config.image_size.is_multiple_of(patch), "image_size", config.image_size, &format!("must be a whole number of {patch}-pixel patches"))?;
         rules.positive_number("layer_norm_eps", config.layer_norm_eps)?;
         Ok(config)
     }
