@@ -227,6 +227,14 @@ fn unsupported(file: &str, key: &str, value: &str, supported: &str) -> ConfigErr
     }
 }
 
+/// The largest width or count a config may give (SD's largest is 5120): every size derived
+/// from these fits a `usize` without overflow.
+const MAX_SIZE: usize = 1 << 16;
+/// The most resolution levels a UNet or VAE may have (SD has 4; each halves the resolution).
+const MAX_BLOCKS: usize = 8;
+/// The most training timesteps a scheduler config may give (SD's have 1000).
+const MAX_TRAIN_TIMESTEPS: usize = 100_000;
+
 /// A parsed config's rules, each naming the key it is about, so a degenerate file is refused
 /// where it is read instead of failing somewhere inside the model.
 struct Rules<'a> {
@@ -241,19 +249,22 @@ impl Rules<'_> {
         Err(ConfigError::Invalid { file: self.file.into(), key: key.into(), value: format!("{value:?}"), reason: reason.into() })
     }
 
+    /// A count or width: from 1 to `MAX_SIZE`, so every size computed from it fits.
     fn positive(&self, key: &str, value: usize) -> Result<(), ConfigError> {
-        self.require(value > 0, key, value, "must be at least 1")
+        self.require((1..=MAX_SIZE).contains(&value), key, value, &format!("must be from 1 to {MAX_SIZE}"))
     }
 
     fn positive_number(&self, key: &str, value: f64) -> Result<(), ConfigError> {
         self.require(value.is_finite() && value > 0.0, key, value, "must be a number above 0")
     }
 
-    /// Channel counts for each block: at least one block, each a whole number of `groups`.
+    /// Channel counts for each block: one to `MAX_BLOCKS` blocks, each a whole number of
+    /// `groups`.
     fn block_channels(&self, channels: &[usize], groups: usize) -> Result<(), ConfigError> {
         self.positive("norm_num_groups", groups)?;
         self.require(!channels.is_empty(), "block_out_channels", channels, "at least one block is needed")?;
-        let fits = channels.iter().all(|&c| c > 0 && c.is_multiple_of(groups));
+        self.require(channels.len() <= MAX_BLOCKS, "block_out_channels", channels, &format!("at most {MAX_BLOCKS} blocks"))?;
+        let fits = channels.iter().all(|&c| (1..=MAX_SIZE).contains(&c) && c.is_multiple_of(groups));
         self.require(fits, "block_out_channels", channels, &format!("each must be a multiple of norm_num_groups ({groups})"))
     }
 }
@@ -387,7 +398,8 @@ impl ClipVisionConfig {
         let rules = Rules { file };
         for (key, value) in [("hidden_size", config.hidden_size), ("intermediate_size", config.intermediate_size),
             ("projection_dim", config.projection_dim), ("num_attention_heads", config.num_attention_heads),
-            ("num_channels", config.num_channels), ("patch_size", config.patch_size)] {
+            ("num_channels", config.num_channels), ("patch_size", config.patch_size), ("image_size", config.image_size),
+            ("num_hidden_layers", config.num_hidden_layers)] {
             rules.positive(key, value)?;
         }
         let heads = config.num_attention_heads;
@@ -468,11 +480,14 @@ impl SchedulerConfig {
         if !["linear", "scaled_linear"].contains(&config.beta_schedule.as_str()) {
             return Err(unsupported(file, "beta_schedule", &config.beta_schedule, "linear or scaled_linear"));
         }
+        let rules = Rules { file };
         // The betas run from the first training step to the last: there must be two.
-        if config.num_train_timesteps < 2 {
-            let value = config.num_train_timesteps.to_string();
-            return Err(ConfigError::Invalid { file: file.into(), key: "num_train_timesteps".into(), value, reason: "at least 2 are needed".into() });
-        }
+        let trained = config.num_train_timesteps;
+        rules.require((2..=MAX_TRAIN_TIMESTEPS).contains(&trained), "num_train_timesteps", trained, &format!("must be from 2 to {MAX_TRAIN_TIMESTEPS}"))?;
+        rules.require(config.steps_offset < trained, "steps_offset", config.steps_offset, &format!("must be below num_train_timesteps ({trained})"))?;
+        let (start, end) = (config.beta_start, config.beta_end);
+        rules.require(start > 0.0 && start < 1.0, "beta_start", start, "must be above 0 and below 1")?;
+        rules.require(end >= start && end < 1.0, "beta_end", end, &format!("must be from beta_start ({start}) to below 1"))?;
         Ok(config)
     }
 }
@@ -602,7 +617,7 @@ mod tests {
         let vae = |key, value| VaeConfig::from_json(&with("vae/config.json", key, value)).map(drop);
         let clip = |key, value| ClipVisionConfig::from_json(&with("image_encoder/config.json", key, value)).map(drop);
         for (result, words) in [
-            (unet("norm_num_groups", json!(0)), "`norm_num_groups` = 0: must be at least 1"),
+            (unet("norm_num_groups", json!(0)), "`norm_num_groups` = 0: must be from 1 to 65536"),
             (unet("block_out_channels", json!([320, 640, 1280, 1000])), "each must be a multiple of norm_num_groups (32)"),
             (unet("attention_head_dim", json!([])), "`attention_head_dim` = []: one per block_out_channels entry (4)"),
             (unet("attention_head_dim", json!(0)), "`attention_head_dim` = 0: block 0's 320 channels must split evenly"),
@@ -615,13 +630,99 @@ mod tests {
             (vae("up_block_types", json!(["UpDecoderBlock2D"])), "`up_block_types`"),
             (vae("latent_channels", json!(0)), "`latent_channels` = 0"),
             (vae("scaling_factor", json!(0.0)), "`scaling_factor` = 0.0"),
-            (clip("patch_size", json!(0)), "`patch_size` = 0: must be at least 1"),
+            (clip("patch_size", json!(0)), "`patch_size` = 0: must be from 1 to 65536"),
             (clip("num_attention_heads", json!(0)), "`num_attention_heads` = 0"),
             (clip("num_attention_heads", json!(7)), "`hidden_size` = 1024: must split evenly into the 7 heads"),
             (clip("image_size", json!(200)), "`image_size` = 200: must be a whole number of 14-pixel patches"),
+            (unet("block_out_channels", json!(vec![320; 9])), "at most 8 blocks"),
+            (unet("cross_attention_dim", json!(1u64 << 40)), "`cross_attention_dim` = 1099511627776: must be from 1 to 65536"),
         ] {
             let err = result.expect_err(words).to_string();
             assert!(err.contains(words), "{err}\nshould say: {words}");
+        }
+    }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// A JSON value of the kinds a config holds, edge numbers included.
+        fn value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                prop_oneof![Just(0i64), Just(1), Just(-1), Just(3), Just(7), Just(1 << 40), any::<i64>()].prop_map(Value::from),
+                prop_oneof![Just(0.0f64), Just(-1.0), Just(1e300), any::<f64>()].prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+                "[a-zA-Z0-9]{0,12}".prop_map(Value::from),
+            ];
+            leaf.prop_recursive(2, 8, 4, |inner| proptest::collection::vec(inner, 0..5).prop_map(Value::Array))
+        }
+
+        /// A real or tiny config file with some of its keys given other values.
+        fn mutated(path: &'static str) -> impl Strategy<Value = String> {
+            let base: Value = serde_json::from_str(&if path.starts_with("tiny:") { tiny(&path[5..]) } else { real(path) }).unwrap();
+            let keys: Vec<String> = base.as_object().unwrap().keys().cloned().collect();
+            let edits = proptest::collection::vec((proptest::sample::select(keys), value()), 1..4);
+            (Just(base), edits).prop_map(|(mut config, edits)| {
+                for (key, value) in edits {
+                    config[key] = value;
+                }
+                config.to_string()
+            })
+        }
+
+        proptest! {
+            #![proptest_config(crate::testing::fuzz_cases(500))]
+
+            /// Any config is a value whose derived sizes the models use without a panic, or an
+            /// error naming its file.
+            #[test]
+            fn any_unet_config_is_usable_or_refused(text in prop_oneof![mutated("unet/config.json"), mutated("tiny:unet/config.json")]) {
+                match UNetConfig::from_json(&text) {
+                    Ok(config) => {
+                        for block in 0..config.block_out_channels.len() {
+                            prop_assert!(config.heads(block) > 0);
+                        }
+                        prop_assert!(config.time_embed_dim() > 0);
+                    }
+                    Err(e) => prop_assert!(e.to_string().starts_with("unet/config.json: ")),
+                }
+            }
+
+            #[test]
+            fn any_vae_config_is_usable_or_refused(text in prop_oneof![mutated("vae/config.json"), mutated("tiny:vae/config.json")]) {
+                match VaeConfig::from_json(&text) {
+                    Ok(config) => {
+                        prop_assert!(config.scale_factor() >= 1);
+                        let _ = config.largest_activation(512 * 512);
+                    }
+                    Err(e) => prop_assert!(e.to_string().starts_with("vae/config.json: ")),
+                }
+            }
+
+            #[test]
+            fn any_clip_config_is_usable_or_refused(text in prop_oneof![mutated("image_encoder/config.json"), mutated("tiny:image_encoder/config.json")]) {
+                match ClipVisionConfig::from_json(&text) {
+                    Ok(config) => prop_assert!(config.num_positions() >= 2),
+                    Err(e) => prop_assert!(e.to_string().starts_with("image_encoder/config.json: ")),
+                }
+            }
+
+            #[test]
+            fn any_scheduler_config_builds_or_is_refused(text in prop_oneof![mutated("scheduler/scheduler_config.json")], steps in 0usize..1100) {
+                match SchedulerConfig::from_json(&text) {
+                    Ok(config) => {
+                        for kind in crate::schedulers::SchedulerKind::ALL {
+                            if let Ok(scheduler) = kind.build(&config, steps) {
+                                let trained = config.num_train_timesteps as f32;
+                                prop_assert!(scheduler.timesteps().iter().all(|t| (0.0..trained).contains(t)));
+                            }
+                        }
+                    }
+                    Err(e) => prop_assert!(e.to_string().starts_with("scheduler/scheduler_config.json: ")),
+                }
+            }
         }
     }
 }

@@ -235,3 +235,61 @@ pub fn relative_error(actual: &[f32], expected: &[f32]) -> f32 {
     let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
     actual.iter().zip(expected).fold(0f32, |m, (a, e)| if a.is_nan() { f32::INFINITY } else { m.max((a - e).abs()) }) / scale
 }
+
+/// Cases per property test: `IMVAR_FUZZ_CASES` when set (a long run by hand), else `default`
+/// (what `scripts/test` can afford).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn fuzz_cases(default: u32) -> proptest::test_runner::Config {
+    let cases = std::env::var("IMVAR_FUZZ_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(default);
+    proptest::test_runner::Config { cases, failure_persistence: None, ..Default::default() }
+}
+
+/// A Hub in memory: serves `files` under any revision, honouring single ranges, every answer
+/// carrying `etag` and `commit` whatever they are (tests make them hostile).
+#[cfg(not(target_arch = "wasm32"))]
+pub struct MemoryHub {
+    pub files: std::collections::BTreeMap<String, Vec<u8>>,
+    pub etag: String,
+    pub commit: Option<String>,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl MemoryHub {
+    /// The tiny fixture model's files that imvar reads (plain weight files, no variant).
+    pub fn tiny_model() -> Self {
+        use crate::weights::source::{text_paths, weights_file};
+        let root = fixture_path("tiny-sd-image-variations");
+        let mut paths = text_paths();
+        paths.extend(crate::weights::COMPONENTS.iter().map(|(c, _)| weights_file(c, None)));
+        let files = paths.into_iter().map(|p| (p.clone(), std::fs::read(root.join(&p)).unwrap())).collect();
+        let etag = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into();
+        Self { files, etag, commit: Some("0123456789abcdef0123456789abcdef01234567".into()) }
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl crate::hub::Fetch for MemoryHub {
+    fn get<'a>(&'a self, url: &'a str, range: Option<std::ops::Range<u64>>) -> crate::LocalFuture<'a, Result<crate::hub::Response, String>> {
+        use crate::hub::{Headers, Response};
+        let path = url.split_once("/resolve/").and_then(|(_, rest)| rest.split_once('/')).map_or("", |(_, p)| p);
+        let headers = Headers { etag: Some(format!("\"{}\"", self.etag)), repo_commit: self.commit.clone(), ..Default::default() };
+        let answer = match (self.files.get(path), range) {
+            (None, _) => Response { status: 404, headers, body: Vec::new(), truncated: false },
+            (Some(body), Some(r)) if r.start < body.len() as u64 => {
+                let end = r.end.min(body.len() as u64);
+                let content_range = Some(format!("bytes {}-{}/{}", r.start, end - 1, body.len()));
+                Response { status: 206, headers: Headers { content_range, ..headers }, body: body[r.start as usize..end as usize].to_vec(), truncated: false }
+            }
+            (Some(body), Some(_)) => {
+                let content_range = Some(format!("bytes */{}", body.len()));
+                Response { status: 416, headers: Headers { content_range, ..headers }, body: Vec::new(), truncated: false }
+            }
+            (Some(body), None) => Response { status: 200, headers, body: body.clone(), truncated: false },
+        };
+        Box::pin(std::future::ready(Ok(answer)))
+    }
+
+    fn sleep(&self, _: web_time::Duration) -> crate::LocalFuture<'static, ()> {
+        Box::pin(std::future::ready(()))
+    }
+}

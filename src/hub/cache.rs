@@ -402,4 +402,48 @@ mod tests {
         let ranges: Vec<_> = chunks(0, tensors, 25).iter().map(Chunk::range).collect();
         assert_eq!(ranges, vec![0..20, 20..60, 70..85]);
     }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::testing::MemoryHub;
+        use crate::weights::ModelSource;
+
+        const VAE: &str = "vae/diffusion_pytorch_model.safetensors";
+
+        proptest! {
+            #![proptest_config(crate::testing::fuzz_cases(100))]
+
+            /// A weight file whose header or size lies: planning and streaming every tensor give
+            /// each tensor's exact bytes or an error naming the file, never a panic.
+            #[test]
+            fn a_lying_weight_file_is_planned_and_streamed_or_refused(
+                edits in proptest::collection::vec((0usize..4096, any::<u8>()), 0..6),
+                keep in prop_oneof![Just(None), (0usize..1 << 20).prop_map(Some)],
+            ) {
+                let mut hub = MemoryHub::tiny_model();
+                let file = hub.files.get_mut(VAE).unwrap();
+                let header_end = 8 + u64::from_le_bytes(file[..8].try_into().unwrap()) as usize;
+                for (at, byte) in edits {
+                    let at = at % header_end;
+                    file[at] = byte;
+                }
+                if let Some(keep) = keep {
+                    file.truncate(keep.min(file.len()));
+                }
+                let model = HubModel::parse("owner/model@main", "http://127.0.0.1:9").unwrap();
+                let retry = Retry { attempts: 1, first_wait: web_time::Duration::ZERO };
+                let cache = HubCache { fetch: &hub, store: None, model, storage: Storage::AsStored, options: DownloadOptions { retry, ..Default::default() } };
+                let Ok(prepared) = pollster::block_on(cache.prepare(&|_| {})) else { return Ok(()) };
+                let mut vae = pollster::block_on(prepared.tensors("vae")).unwrap();
+                for info in vae.tensors() {
+                    if let Ok(raw) = pollster::block_on(vae.read(&info.name)) {
+                        prop_assert_eq!(raw.bytes.len() as u64, info.byte_len());
+                    }
+                }
+            }
+        }
+    }
 }

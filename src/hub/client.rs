@@ -82,7 +82,7 @@ pub struct Download {
 fn parse_content_range(value: &str) -> Option<(u64, u64, u64)> {
     let (span, total) = value.strip_prefix("bytes ")?.split_once('/')?;
     let (start, end) = span.split_once('-')?;
-    Some((start.parse().ok()?, end.parse::<u64>().ok()? + 1, total.parse().ok()?))
+    Some((start.parse().ok()?, end.parse::<u64>().ok()?.checked_add(1)?, total.parse().ok()?))
 }
 
 /// An ETag without quotes or the weak prefix: for weight files, the sha256 the Hub reports.
@@ -236,5 +236,48 @@ mod tests {
         // A file that ends inside the range: one clear error, not a short body.
         let (short, asked) = run(vec![answer(206, Some("bytes 90-99/100"), &file[90..], false)], Some(90..120));
         assert!(short.unwrap_err().to_string().contains("the file has 100 bytes, not the 120 asked for") && asked == 1);
+    }
+
+    use proptest::prelude::*;
+
+    /// A Content-Range header: well formed around `range` (right or off by a little), edge
+    /// numbers, or any text.
+    fn content_range(range: Range<u64>) -> impl Strategy<Value = Option<String>> {
+        let near = (range.start.saturating_sub(2)..=range.start + 2, range.end.saturating_sub(3)..=range.end + 2, 0..=range.end + 64);
+        prop_oneof![
+            Just(None),
+            near.prop_map(|(s, e, t)| Some(format!("bytes {s}-{e}/{t}"))),
+            (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(s, e, t)| Some(format!("bytes {s}-{e}/{t}"))),
+            ".{0,40}".prop_map(Some),
+        ]
+    }
+
+    fn response(range: Range<u64>) -> impl Strategy<Value = Response> {
+        let status = prop_oneof![Just(200u16), Just(206), Just(404), Just(416), Just(503), 100..600u16];
+        let body = proptest::collection::vec(any::<u8>(), 0..(range.end as usize + 64));
+        (status, content_range(range), body, any::<bool>()).prop_map(|(status, content_range, body, truncated)| {
+            Response { status, headers: Headers { content_range, ..Default::default() }, body, truncated }
+        })
+    }
+
+    proptest! {
+        #![proptest_config(crate::testing::fuzz_cases(2000))]
+
+        /// Whatever one answer says (status, Content-Range, body, a cut), a download gives
+        /// exactly the bytes asked for or an error: never a panic, never a short or long body.
+        #[test]
+        fn any_answer_is_the_range_asked_for_or_an_error(
+            (range, answer) in (0u64..64, 1u64..64).prop_flat_map(|(s, n)| (Just(s..s + n), response(s..s + n))),
+            whole in any::<bool>(),
+        ) {
+            let range = (!whole).then_some(range);
+            let script = Script { answers: vec![Ok(answer)].into(), asked: Default::default() };
+            let retry = Retry { attempts: 1, first_wait: Duration::ZERO };
+            if let Ok(download) = pollster::block_on(download(&script, "u", range.clone(), retry)) {
+                if let Some(range) = range {
+                    prop_assert_eq!(download.bytes.len() as u64, range.end - range.start);
+                }
+            }
+        }
     }
 }

@@ -158,51 +158,12 @@ fn link_or_copy(_target: &Path, blob: &Path, link: &Path) -> Result<(), HfCacheE
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-    use std::ops::Range;
-
     use super::*;
-    use crate::LocalFuture;
-    use crate::hub::{Headers, Response};
-    use crate::weights::source::weights_file;
+    use crate::testing::MemoryHub;
 
-    /// A Hub that serves every file the snapshot asks for, each answer carrying the ETag and
-    /// commit a test gives it, whatever they are.
-    struct Hostile {
-        files: BTreeMap<String, Vec<u8>>,
-        etag: String,
-        commit: Option<String>,
-    }
-
-    impl Hostile {
-        fn new(etag: &str, commit: Option<&str>) -> Self {
-            let mut files: BTreeMap<String, Vec<u8>> = text_paths().into_iter().map(|p| (p, b"{}".to_vec())).collect();
-            for (component, _) in COMPONENTS {
-                files.insert(weights_file(component, None), vec![0; 16]);
-            }
-            Self { files, etag: etag.into(), commit: commit.map(String::from) }
-        }
-    }
-
-    impl Fetch for Hostile {
-        fn get<'a>(&'a self, url: &'a str, range: Option<Range<u64>>) -> LocalFuture<'a, Result<Response, String>> {
-            let path = url.split_once("/resolve/main/").map_or("", |(_, p)| p);
-            let headers = Headers { etag: Some(format!("\"{}\"", self.etag)), repo_commit: self.commit.clone(), ..Default::default() };
-            let answer = match (self.files.get(path), range) {
-                (None, _) => Response { status: 404, headers, body: Vec::new(), truncated: false },
-                (Some(body), None) => Response { status: 200, headers, body: body.clone(), truncated: false },
-                (Some(body), Some(r)) => {
-                    let end = r.end.min(body.len() as u64);
-                    let headers = Headers { content_range: Some(format!("bytes {}-{}/{}", r.start, end - 1, body.len())), ..headers };
-                    Response { status: 206, headers, body: body[r.start as usize..end as usize].to_vec(), truncated: false }
-                }
-            };
-            Box::pin(std::future::ready(Ok(answer)))
-        }
-
-        fn sleep(&self, _: web_time::Duration) -> LocalFuture<'static, ()> {
-            Box::pin(std::future::ready(()))
-        }
+    /// The tiny model from a Hub whose answers carry `etag` and `commit`.
+    fn hub(etag: &str, commit: Option<&str>) -> MemoryHub {
+        MemoryHub { etag: etag.into(), commit: commit.map(String::from), ..MemoryHub::tiny_model() }
     }
 
     /// Every file and folder below `root`.
@@ -220,7 +181,7 @@ mod tests {
 
     /// Runs a snapshot against `hub` in a fresh folder; returns the result and everything
     /// written beside the cache folder (which must be nothing).
-    fn snapshot_into_fresh_cache(hub: &Hostile, name: &str) -> (Result<PathBuf, HfCacheError>, Vec<PathBuf>) {
+    fn snapshot_into_fresh_cache(hub: &MemoryHub, name: &str) -> (Result<PathBuf, HfCacheError>, Vec<PathBuf>) {
         let root = std::env::temp_dir().join(format!("imvar-hf-cache-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         let cache = root.join("home/hub");
@@ -237,7 +198,7 @@ mod tests {
 
     #[test]
     fn a_sound_answer_is_cached_under_its_digests() {
-        let (result, outside) = snapshot_into_fresh_cache(&Hostile::new(SHA256, Some(COMMIT)), "sound");
+        let (result, outside) = snapshot_into_fresh_cache(&hub(SHA256, Some(COMMIT)), "sound");
         assert!(result.unwrap().ends_with(format!("snapshots/{COMMIT}")));
         assert!(outside.is_empty(), "{outside:?}");
     }
@@ -251,7 +212,7 @@ mod tests {
             (SHA256, Some("/tmp/absolute")),
             (&"a".repeat(63), Some(COMMIT)),
         ] {
-            let (result, outside) = snapshot_into_fresh_cache(&Hostile::new(etag, commit), "hostile");
+            let (result, outside) = snapshot_into_fresh_cache(&hub(etag, commit), "hostile");
             let err = result.expect_err(etag).to_string();
             assert!(err.contains("is not a hex digest"), "{err}");
             assert!(outside.is_empty(), "{etag} {commit:?} wrote {outside:?}");

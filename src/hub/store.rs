@@ -61,4 +61,28 @@ mod tests {
         assert_eq!(unseal(record[..record.len() - 1].to_vec()), None);
         assert_eq!(unseal(vec![1]), None);
     }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            #![proptest_config(crate::testing::fuzz_cases(2000))]
+
+            /// Any stored bytes are a whole record (its checksum holds) or none: never a panic,
+            /// and a record cut or changed anywhere is never taken for whole.
+            #[test]
+            fn any_bytes_are_a_whole_record_or_none(payload in proptest::collection::vec(any::<u8>(), 0..64), at in any::<prop::sample::Index>(), flip in 1u8..) {
+                let record = seal(payload.clone());
+                prop_assert_eq!(unseal(record.clone()), Some(payload));
+                let mut damaged = record.clone();
+                let at = at.index(damaged.len());
+                damaged[at] ^= flip;
+                prop_assert_eq!(unseal(damaged), None);
+                prop_assert_eq!(unseal(record[..at].to_vec()), None);
+            }
+        }
+    }
 }

@@ -170,4 +170,57 @@ mod tests {
         rgb.write_to(&mut jpeg, image::ImageFormat::Jpeg).unwrap();
         assert_eq!(decode(jpeg.get_ref()).unwrap().width, image.width);
     }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    mod fuzz {
+        use image::ImageFormat;
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// A small picture in every format imvar reads, as an encoder writes it.
+        fn seeds() -> Vec<Vec<u8>> {
+            let picture = image::RgbImage::from_fn(24, 16, |x, y| image::Rgb([(x * 10) as u8, (y * 15) as u8, 128]));
+            [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::Gif, ImageFormat::Bmp, ImageFormat::WebP]
+                .into_iter()
+                .map(|format| {
+                    let mut out = Cursor::new(Vec::new());
+                    image::DynamicImage::ImageRgb8(picture.clone()).write_to(&mut out, format).unwrap();
+                    out.into_inner()
+                })
+                .collect()
+        }
+
+        /// A seed with bytes overwritten, a 32-bit field replaced (where sizes live), and cut.
+        fn mutated() -> impl Strategy<Value = Vec<u8>> {
+            (proptest::sample::select(seeds()), proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+                any::<prop::sample::Index>(), any::<u32>(), any::<bool>(), any::<prop::sample::Index>())
+                .prop_map(|(mut file, edits, field, value, cut, keep)| {
+                    for (at, byte) in edits {
+                        let at = at.index(file.len());
+                        file[at] = byte;
+                    }
+                    let at = field.index(file.len() - 4);
+                    file[at..at + 4].copy_from_slice(&value.to_le_bytes());
+                    if cut {
+                        file.truncate(keep.index(file.len()));
+                    }
+                    file
+                })
+        }
+
+        proptest! {
+            #![proptest_config(crate::testing::fuzz_cases(300))]
+
+            /// Any file is a picture within the pixel bound whose buffer fits its size, or an
+            /// error: never a panic.
+            #[test]
+            fn any_file_decodes_to_a_bounded_picture_or_an_error(file in mutated()) {
+                if let Ok(picture) = decode(&file) {
+                    prop_assert!((picture.width * picture.height) as u64 <= MAX_PIXELS);
+                    prop_assert_eq!(picture.pixels.len(), picture.width * picture.height * 3);
+                }
+            }
+        }
+    }
 }

@@ -119,6 +119,6 @@ fn steps_the_config_cannot_take_are_refused_with_the_reason() {
 fn a_config_with_fewer_than_two_training_timesteps_is_refused_by_key() {
     for n in [0, 1] {
         let err = SchedulerConfig::from_json(&format!(r#"{{"num_train_timesteps": {n}}}"#)).unwrap_err();
-        assert!(err.to_string().contains(&format!("`num_train_timesteps` = {n}: at least 2 are needed")), "{err}");
+        assert!(err.to_string().contains(&format!("`num_train_timesteps` = {n}: must be from 2 to 100000")), "{err}");
     }
 }

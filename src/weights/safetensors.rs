@@ -169,4 +169,61 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert!(err.to_string().contains("past the end of the"), "{err}");
     }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// The tiny VAE's real header, as found in its file.
+        fn real_header() -> Vec<u8> {
+            let file = std::fs::read(crate::testing::fixture_path("tiny-sd-image-variations/vae/diffusion_pytorch_model.safetensors")).unwrap();
+            let len = u64::from_le_bytes(file[..8].try_into().unwrap()) as usize;
+            file[8..8 + len].to_vec()
+        }
+
+        /// The real header with some bytes overwritten, digits changed, or cut short.
+        fn mutated_header() -> impl Strategy<Value = Vec<u8>> {
+            let header = real_header();
+            let len = header.len();
+            let edits = proptest::collection::vec((0..len, prop_oneof![any::<u8>(), (b'0'..=b'9')]), 0..8);
+            (Just(header), edits, 0..=len).prop_map(|(mut header, edits, keep)| {
+                for (at, byte) in edits {
+                    header[at] = byte;
+                }
+                header.truncate(keep);
+                header
+            })
+        }
+
+        proptest! {
+            #![proptest_config(crate::testing::fuzz_cases(1000))]
+
+            /// Any header either fails to parse, with the file named, or places every tensor
+            /// inside the file and within the per-tensor bound.
+            #[test]
+            fn any_header_locates_tensors_inside_the_file_or_is_refused(
+                header in prop_oneof![mutated_header(), proptest::collection::vec(any::<u8>(), 0..256)],
+                first in any::<[u8; 8]>(),
+                file_size in prop_oneof![Just(None), (0u64..1 << 24).prop_map(Some)],
+            ) {
+                match SafetensorsIndex::header_len(first, "f") {
+                    Ok(len) => prop_assert!(len <= SafetensorsIndex::MAX_HEADER),
+                    Err(e) => prop_assert!(e.to_string().starts_with("f: ")),
+                }
+                match SafetensorsIndex::parse(&header, "f", file_size) {
+                    Ok(index) => {
+                        for info in index.tensors() {
+                            let (_, _, range) = index.locate(&info.name).unwrap();
+                            prop_assert!(range.end - range.start <= SafetensorsIndex::MAX_TENSOR);
+                            prop_assert!(file_size.is_none_or(|size| range.end <= size));
+                            prop_assert_eq!(range.end - range.start, info.byte_len());
+                        }
+                    }
+                    Err(e) => prop_assert!(e.to_string().starts_with("f: ")),
+                }
+            }
+        }
+    }
 }
