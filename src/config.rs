@@ -634,7 +634,7 @@ mod tests {
             (clip("num_attention_heads", json!(0)), "`num_attention_heads` = 0"),
             (clip("num_attention_heads", json!(7)), "`hidden_size` = 1024: must split evenly into the 7 heads"),
             (clip("image_size", json!(200)), "`image_size` = 200: must be a whole number of 14-pixel patches"),
-            (unet("block_out_channels", json!(vec![320; 9])), "at most 8 blocks"),
+            (vae("block_out_channels", json!(vec![128; 9])), "`block_out_channels` = [128, 128, 128, 128, 128, 128, 128, 128, 128]: at most 8 blocks"),
             (unet("cross_attention_dim", json!(1u64 << 40)), "`cross_attention_dim` = 1099511627776: must be from 1 to 65536"),
         ] {
             let err = result.expect_err(words).to_string();
@@ -661,7 +661,7 @@ mod tests {
 
         /// A real or tiny config file with some of its keys given other values.
         fn mutated(path: &'static str) -> impl Strategy<Value = String> {
-            let base: Value = serde_json::from_str(&if path.starts_with("tiny:") { tiny(&path[5..]) } else { real(path) }).unwrap();
+            let base: Value = serde_json::from_str(&path.strip_prefix("tiny:").map_or_else(|| real(path), tiny)).unwrap();
             let keys: Vec<String> = base.as_object().unwrap().keys().cloned().collect();
             let edits = proptest::collection::vec((proptest::sample::select(keys), value()), 1..4);
             (Just(base), edits).prop_map(|(mut config, edits)| {
