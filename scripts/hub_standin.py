@@ -18,7 +18,8 @@ fault: `{"revision": R (only requests for it), "path": substring of the file pat
 (answers affected, default 1), "kind": "drop" (close the connection without answering, as a
 server that is down) | "cut" (close after `after` body bytes) | "ignore_range"
 (200 with the whole body) | "slow" (`delay_ms` before answering) | "error" (`status`, default
-503) | "etag" (new ETag/sha and commit for matching files, `times` ignored)}`.
+503) | "etag" (new ETag/sha and commit for matching files, `times` ignored) | "header" (the
+answer's header `name` says `value` instead, as a hostile server's would; `times` ignored)}`.
 """
 
 import argparse
@@ -65,6 +66,12 @@ class State:
                 return fault
         return None
 
+    def header_faults(self, revision, path):
+        """Header name (lower case) -> the value a "header" fault puts there instead."""
+        with self.lock:
+            return {f["name"].lower(): f["value"] for f in self.faults
+                    if f.get("kind") == "header" and f.get("revision", revision) == revision and f.get("path", "") in path}
+
     def etag(self, revision, file_path, disk_path):
         sha = self.sha256(disk_path)
         fault = self.take_fault(revision, file_path, ("etag",))
@@ -86,6 +93,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, fmt, *args):
         pass
+
+    def send_header(self, name, value):
+        # A "header" fault replaces what the stand-in would say there.
+        super().send_header(name, getattr(self, "overrides", {}).get(name.lower(), value))
 
     def cors(self):
         self.send_header("Access-Control-Allow-Origin", "*")
@@ -133,6 +144,7 @@ class Handler(BaseHTTPRequestHandler):
             self.record(revision, file_path, 404, 0)
             return self.answer_text(404, "Entry not found", error="EntryNotFound")
         commit = self.state.commit(revision, folder)
+        self.overrides = self.state.header_faults(revision, file_path)
         if self.fault_answer(revision, file_path):
             return
         if file_path.endswith(".safetensors"):
@@ -170,6 +182,7 @@ class Handler(BaseHTTPRequestHandler):
         disk = (folder / file_path).resolve() if folder else None
         if disk is None or folder not in disk.parents or not disk.is_file():
             return self.answer_text(404, "no such blob")
+        self.overrides = self.state.header_faults(revision, file_path)
         if self.fault_answer(revision, file_path):
             return
         sha = self.state.etag(revision, file_path, disk)

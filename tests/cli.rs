@@ -183,3 +183,45 @@ fn bench_ops_prints_ours_beside_burns_stock_op() {
         assert!(line["burn_ms"].as_f64().unwrap() > 0.0 && line["ours_ms"].as_f64().unwrap() > 0.0, "{line}");
     }
 }
+
+/// Every file and folder below `dir`, links not followed.
+fn tree(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flat_map(|entry| {
+            let path = entry.unwrap().path();
+            let below = if path.is_dir() && !path.is_symlink() { tree(&path) } else { Vec::new() };
+            below.into_iter().chain([path])
+        })
+        .collect()
+}
+
+#[test]
+fn a_hostile_hub_is_one_clear_line_and_writes_nothing_outside_the_cache() {
+    let hub = StandIn::start(&[]);
+    let home = temp_dir("hostile-home");
+    let out = temp_dir("hostile-out");
+    let endpoint = PathBuf::from(&hub.url);
+    let env = [("HF_HOME", home.as_path()), ("HF_ENDPOINT", endpoint.as_path())];
+    let input = fixtures().join("input.png");
+    let absolute = std::env::temp_dir().join(format!("imvar-hostile-absolute-{}", std::process::id()));
+    // Names a server could give to make the cache write where it likes: a blob's ETag (small
+    // files), a weight file's X-Linked-Etag, and the snapshot's commit.
+    for (revision, header, value) in [
+        ("etag-escape", "ETag", "\"../../../escape\"".to_string()),
+        ("linked-etag-absolute", "X-Linked-Etag", format!("\"{}\"", absolute.display())),
+        ("commit-escape", "X-Repo-Commit", "../../../escape".to_string()),
+    ] {
+        hub.fault(serde_json::json!({"revision": revision, "kind": "header", "name": header, "value": value}));
+        let model = format!("imvar-tests/tiny@{revision}");
+        let result = imvar_with(&["generate", "--model", &model, "--image", input.to_str().unwrap(), "--out", out.to_str().unwrap(),
+            "--steps", "1", "--dtype", "f32"], &env);
+        assert_clear_failure(&result, "is not a hex digest");
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{header}: one line: {stderr}");
+        assert!(stderr.starts_with("imvar: "), "{stderr}");
+    }
+    let outside: Vec<PathBuf> = tree(&home).into_iter().filter(|p| !p.starts_with(home.join("hub"))).collect();
+    assert!(outside.is_empty(), "written outside HF_HOME/hub: {outside:?}");
+    assert!(!absolute.exists() && !home.join("../escape").exists());
+}
