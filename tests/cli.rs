@@ -205,14 +205,14 @@ fn a_hostile_hub_is_one_clear_line_and_writes_nothing_outside_the_cache() {
     let env = [("HF_HOME", home.as_path()), ("HF_ENDPOINT", endpoint.as_path())];
     let input = fixtures().join("input.png");
     let absolute = std::env::temp_dir().join(format!("imvar-hostile-absolute-{}", std::process::id()));
-    // Names a server could give to make the cache write where it likes: a blob's ETag (small
-    // files), a weight file's X-Linked-Etag, and the snapshot's commit.
-    for (revision, header, value) in [
-        ("etag-escape", "ETag", "\"../../../escape\"".to_string()),
-        ("linked-etag-absolute", "X-Linked-Etag", format!("\"{}\"", absolute.display())),
-        ("commit-escape", "X-Repo-Commit", "../../../escape".to_string()),
+    // Names a server could give to make the cache write where it likes: a config's ETag, a
+    // weight file's (as its CDN answers, the redirect followed), and the snapshot's commit.
+    for (revision, path, header, value) in [
+        ("etag-escape", ".json", "ETag", "\"../../../escape\"".to_string()),
+        ("weights-etag-absolute", ".safetensors", "ETag", format!("\"{}\"", absolute.display())),
+        ("commit-escape", "", "X-Repo-Commit", "../../../escape".to_string()),
     ] {
-        hub.fault(serde_json::json!({"revision": revision, "kind": "header", "name": header, "value": value}));
+        hub.fault(serde_json::json!({"revision": revision, "path": path, "kind": "header", "name": header, "value": value}));
         let model = format!("imvar-tests/tiny@{revision}");
         let result = imvar_with(&["generate", "--model", &model, "--image", input.to_str().unwrap(), "--out", out.to_str().unwrap(),
             "--steps", "1", "--dtype", "f32"], &env);
