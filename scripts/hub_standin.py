@@ -6,19 +6,24 @@
 Prints `hub-standin http://127.0.0.1:PORT` once listening. It behaves like the Hub where imvar
 relies on it:
 - `GET|HEAD /{owner}/{name}/resolve/{revision}/{path}`: the revision is one URL-encoded path
-  segment (`refs%2Fpr%2F20`) and any revision serves the folder. Small files are answered
+  segment (`refs%2Fpr%2F20`) and any revision serves the folder. Each revision has its own
+  commit (`X-Repo-Commit`, from the revision, the files and their ETags); a request for a commit
+  announced before counts as one for its revision (faults, log). Small files are answered
   directly; `*.safetensors` get a 302 to a CDN on another origin (`localhost` instead of
   `127.0.0.1`) carrying `X-Linked-Size`, `X-Linked-Etag` (the sha256) and `X-Repo-Commit`.
 - the CDN answers single ranges with 206 + Content-Range (416 when unsatisfiable), whole files
   with 200; CORS everywhere (preflight included) with the Hub's exposed headers.
 
-For tests: `GET /_log` (JSON list of requests: method, path, revision, range, status, bytes),
+For tests: `GET /_log` (JSON list of requests: method, path, revision, pinned (asked for by
+commit), range, status, bytes, cdn, cut),
 `POST /_reset` (clears the log and all faults), and `POST /_faults` with a JSON object that adds a
 fault: `{"revision": R (only requests for it), "path": substring of the file path, "times": N
 (answers affected, default 1), "kind": "drop" (close the connection without answering, as a
 server that is down) | "cut" (close after `after` body bytes) | "ignore_range"
 (200 with the whole body) | "slow" (`delay_ms` before answering) | "error" (`status`, default
-503) | "etag" (new ETag/sha and commit for matching files, `times` ignored) | "header" (the
+503) | "long" (a 206 whose Content-Range and body run on to the end of the file, past the range
+asked for) | "endless" (no Content-Length and a body that never ends: 200, or 206 naming the range asked
+for) | "etag" (new ETag/sha and commit for matching files, `times` ignored) | "header" (the
 answer's header `name` says `value` instead, as a hostile server's would; `times` ignored)}`.
 """
 
@@ -46,6 +51,7 @@ class State:
         self.log = []
         self.faults = []
         self.sha_cache = {}
+        self.commits = {}  # commit announced -> its revision
 
     def sha256(self, path):
         key = (path, path.stat().st_mtime_ns, path.stat().st_size)
@@ -79,11 +85,18 @@ class State:
             sha = hashlib.sha256((sha + fault.get("salt", "changed")).encode()).hexdigest()
         return sha
 
+    def branch_of(self, asked):
+        """(revision, pinned): the revision a commit was announced for, or the one asked."""
+        with self.lock:
+            return (self.commits[asked], True) if asked in self.commits else (asked, False)
+
     def commit(self, revision, folder):
-        digest = hashlib.sha1()
+        digest = hashlib.sha1(revision.encode())
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
             rel = path.relative_to(folder).as_posix()
             digest.update(rel.encode() + self.etag(revision, rel, path).encode())
+        with self.lock:
+            self.commits[digest.hexdigest()] = revision
         return digest.hexdigest()
 
 
@@ -136,7 +149,9 @@ class Handler(BaseHTTPRequestHandler):
         match = re.match(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", url.path)
         if not match or match.group(1) not in self.state.repos:
             return self.answer_text(404, "Repository not found", error="RepoNotFound")
-        repo, revision = match.group(1), urllib.parse.unquote(match.group(2))
+        repo = match.group(1)
+        asked = urllib.parse.unquote(match.group(2))
+        revision, self.pinned = self.state.branch_of(asked)
         file_path = urllib.parse.unquote(match.group(3))
         folder = self.state.repos[repo]
         disk = (folder / file_path).resolve()
@@ -145,11 +160,11 @@ class Handler(BaseHTTPRequestHandler):
             return self.answer_text(404, "Entry not found", error="EntryNotFound")
         commit = self.state.commit(revision, folder)
         self.overrides = self.state.header_faults(revision, file_path)
-        if self.fault_answer(revision, file_path):
+        if self.fault_answer(revision, file_path, disk):
             return
         if file_path.endswith(".safetensors"):
             sha = self.state.etag(revision, file_path, disk)
-            query = urllib.parse.urlencode({"repo": repo, "revision": revision, "path": file_path})
+            query = urllib.parse.urlencode({"repo": repo, "revision": asked, "path": file_path})
             host_port = self.headers.get("Host", "127.0.0.1").rsplit(":", 1)
             port = host_port[1] if len(host_port) == 2 else "80"
             other = "localhost" if host_port[0] != "localhost" else "127.0.0.1"
@@ -178,12 +193,13 @@ class Handler(BaseHTTPRequestHandler):
     def cdn(self, url, head):
         query = dict(urllib.parse.parse_qsl(url.query))
         folder = self.state.repos.get(query.get("repo", ""))
-        file_path, revision = query.get("path", ""), query.get("revision", "")
+        file_path = query.get("path", "")
+        revision, self.pinned = self.state.branch_of(query.get("revision", ""))
         disk = (folder / file_path).resolve() if folder else None
         if disk is None or folder not in disk.parents or not disk.is_file():
             return self.answer_text(404, "no such blob")
         self.overrides = self.state.header_faults(revision, file_path)
-        if self.fault_answer(revision, file_path):
+        if self.fault_answer(revision, file_path, disk):
             return
         sha = self.state.etag(revision, file_path, disk)
         size = disk.stat().st_size
@@ -195,6 +211,8 @@ class Handler(BaseHTTPRequestHandler):
         except Unsatisfiable:
             self.record(revision, file_path, 416, 0, wanted)
             return self.answer_text(416, "range not satisfiable", extra={"Content-Range": content_range(size)})
+        if byte_range and self.state.take_fault(revision, file_path, ("long",)):
+            byte_range = (byte_range[0], size - 1)
         start, end = byte_range or (0, size - 1)
         status = 206 if byte_range else 200
         length = end - start + 1
@@ -218,7 +236,7 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.shutdown(2)
 
-    def fault_answer(self, revision, file_path):
+    def fault_answer(self, revision, file_path, disk):
         """Applies a drop, slow or error fault; True when that was the answer."""
         if self.state.take_fault(revision, file_path, ("drop",)):
             self.record(revision, file_path, 0, 0, self.headers.get("Range"))
@@ -228,6 +246,23 @@ class Handler(BaseHTTPRequestHandler):
         slow = self.state.take_fault(revision, file_path, ("slow",))
         if slow:
             time.sleep(slow.get("delay_ms", 1000) / 1000)
+        if self.state.take_fault(revision, file_path, ("endless",)):
+            wanted = self.headers.get("Range")
+            status = 206 if wanted else 200
+            self.record(revision, file_path, status, 0, wanted)
+            self.send_response(status)
+            self.cors()
+            if wanted:
+                size = disk.stat().st_size
+                self.send_header("Content-Range", content_range(size, parse_range(wanted, size, suffix=False)))
+            self.end_headers()
+            self.close_connection = True
+            try:
+                while True:
+                    self.wfile.write(b"\0" * 65536)
+            except (ConnectionError, BrokenPipeError):
+                pass
+            return True
         error = self.state.take_fault(revision, file_path, ("error",))
         if error:
             self.record(revision, file_path, error.get("status", 503), 0, self.headers.get("Range"))
@@ -236,7 +271,7 @@ class Handler(BaseHTTPRequestHandler):
         return False
 
     def record(self, revision, file_path, status, sent, wanted=None, cut=False):
-        entry = {"method": self.command, "path": file_path, "revision": revision,
+        entry = {"method": self.command, "path": file_path, "revision": revision, "pinned": getattr(self, "pinned", False),
                  "range": wanted or self.headers.get("Range"), "status": status, "bytes": sent,
                  "cdn": self.path.startswith("/_cdn/"), "cut": cut}
         with self.state.lock:

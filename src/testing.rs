@@ -245,12 +245,14 @@ pub fn fuzz_cases(default: u32) -> proptest::test_runner::Config {
 }
 
 /// A Hub in memory: serves `files` under any revision, honouring single ranges, every answer
-/// carrying `etag` and `commit` whatever they are (tests make them hostile).
+/// carrying the file's sha256 as its ETag (or `etag`, whatever it is) and `commit` (tests make
+/// them hostile), and records the URLs asked for.
 #[cfg(not(target_arch = "wasm32"))]
 pub struct MemoryHub {
     pub files: std::collections::BTreeMap<String, Vec<u8>>,
-    pub etag: String,
+    pub etag: Option<String>,
     pub commit: Option<String>,
+    pub asked: std::cell::RefCell<Vec<String>>,
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -262,29 +264,42 @@ impl MemoryHub {
         let mut paths = text_paths();
         paths.extend(crate::weights::COMPONENTS.iter().map(|(c, _)| weights_file(c, None)));
         let files = paths.into_iter().map(|p| (p.clone(), std::fs::read(root.join(&p)).unwrap())).collect();
-        let etag = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into();
-        Self { files, etag, commit: Some("0123456789abcdef0123456789abcdef01234567".into()) }
+        Self { files, etag: None, commit: Some("0123456789abcdef0123456789abcdef01234567".into()), asked: Default::default() }
     }
+
+    /// The revision (or commit) each request asked for, in order.
+    pub fn revisions(&self) -> Vec<String> {
+        self.asked.borrow().iter().filter_map(|url| Some(url.split_once("/resolve/")?.1.split_once('/')?.0.to_string())).collect()
+    }
+}
+
+/// The sha256 of `bytes` in hex (the Hub's ETag of a weight file).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(not(target_arch = "wasm32"))]
 impl crate::hub::Fetch for MemoryHub {
     fn get<'a>(&'a self, url: &'a str, range: Option<std::ops::Range<u64>>) -> crate::LocalFuture<'a, Result<crate::hub::Response, String>> {
         use crate::hub::{Headers, Response};
+        self.asked.borrow_mut().push(url.to_string());
         let path = url.split_once("/resolve/").and_then(|(_, rest)| rest.split_once('/')).map_or("", |(_, p)| p);
-        let headers = Headers { etag: Some(format!("\"{}\"", self.etag)), repo_commit: self.commit.clone(), ..Default::default() };
+        let etag = self.etag.clone().or_else(|| self.files.get(path).map(|body| sha256_hex(body)));
+        let headers = Headers { etag: etag.map(|e| format!("\"{e}\"")), repo_commit: self.commit.clone(), ..Default::default() };
         let answer = match (self.files.get(path), range) {
-            (None, _) => Response { status: 404, headers, body: Vec::new(), truncated: false },
+            (None, _) => Response::whole(404, headers, b"", None),
             (Some(body), Some(r)) if r.start < body.len() as u64 => {
                 let end = r.end.min(body.len() as u64);
                 let content_range = Some(format!("bytes {}-{}/{}", r.start, end - 1, body.len()));
-                Response { status: 206, headers: Headers { content_range, ..headers }, body: body[r.start as usize..end as usize].to_vec(), truncated: false }
+                Response::whole(206, Headers { content_range, ..headers }, &body[r.start as usize..end as usize], Some(&r))
             }
-            (Some(body), Some(_)) => {
+            (Some(body), Some(r)) => {
                 let content_range = Some(format!("bytes */{}", body.len()));
-                Response { status: 416, headers: Headers { content_range, ..headers }, body: Vec::new(), truncated: false }
+                Response::whole(416, Headers { content_range, ..headers }, b"", Some(&r))
             }
-            (Some(body), None) => Response { status: 200, headers, body: body.clone(), truncated: false },
+            (Some(body), None) => Response::whole(200, headers, body, None),
         };
         Box::pin(std::future::ready(Ok(answer)))
     }

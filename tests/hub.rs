@@ -1,12 +1,13 @@
 //! The Hub download core natively, against the local stand-in: plan, selective chunked
-//! download, cache hits, resume, faults, ETag changes, damaged records, quota, streaming.
+//! download by commit, cache hits, resume, faults, ETag changes (before and during a download),
+//! damaged records and manifests, manifests of a newer format, quota, streaming.
 #![cfg(not(target_arch = "wasm32"))]
 
 mod standin;
 
 use std::collections::BTreeMap;
 
-use imvar::hub::{CacheError, CachedModel, DownloadOptions, HubCache, HubModel, NativeFetch, Retry, Storage, Store};
+use imvar::hub::{CacheError, CachedModel, DownloadOptions, HubCache, HubError, HubModel, Manifest, NativeFetch, Retry, Storage, Store, is_whole};
 use imvar::weights::{COMPONENTS, ModelSource, is_unused, unused_prefixes};
 use standin::memory_store::MemoryStore;
 use standin::{REPO, StandIn, fixtures, weight_requests};
@@ -69,6 +70,8 @@ fn downloads_what_the_pipeline_needs_once_then_serves_from_the_cache() {
     let served = served_bytes(&log);
     assert!(served >= needed && served < needed + 128 * 1024, "served {served}, needed {needed}");
     assert!(weight_requests(&log).iter().all(|e| e["bytes"].as_u64().unwrap() <= 256 << 10 || e["range"].is_string()));
+    // The model index at the asked revision, every other file from the commit it named.
+    assert!(log.iter().all(|e| (e["path"] == "model_index.json") != (e["pinned"] == true)), "{log:?}");
 
     hub.reset();
     let again = prepare(&cache).unwrap();
@@ -123,6 +126,28 @@ fn ignored_ranges_5xx_cuts_and_slow_answers_are_survived() {
     let log = hub.log("faults");
     assert!(log.iter().any(|e| e["status"] == 503) && log.iter().any(|e| e["cut"] == true));
     assert!(log.iter().any(|e| e["status"] == 200 && e["range"].is_string()), "a Range request answered whole");
+}
+
+#[test]
+fn answers_longer_than_asked_or_endless_are_read_no_further_than_needed() {
+    let hub = StandIn::start(&[]);
+    let (fetch, store) = (NativeFetch::default(), MemoryStore::default());
+    let long = cache(&hub, "long", &fetch, Some(&store));
+    // Each retried: a chunk that runs on to the end of the UNet's file, a body without end.
+    for fault in [
+        serde_json::json!({"kind": "long", "path": "unet/", "times": 2}),
+        serde_json::json!({"kind": "endless", "path": "vae/diffusion_pytorch_model", "times": 2}),
+    ] {
+        let mut fault = fault;
+        fault["revision"] = "long".into();
+        hub.fault(fault);
+    }
+    assert_eq!(contents(&prepare(&long).unwrap()), expected());
+    // A config that never ends is no config: one clear error, after reading a bounded prefix.
+    let endless = cache(&hub, "endless", &fetch, Some(&store));
+    hub.fault(serde_json::json!({"revision": "endless", "kind": "endless", "path": "model_index.json"}));
+    let err = prepare(&endless).err().expect("an endless model index is refused");
+    assert!(err.to_string().contains("not a file imvar reads whole"), "{err}");
 }
 
 #[test]
@@ -184,7 +209,7 @@ fn a_full_quota_stops_cleanly_keeps_what_is_stored_and_streaming_still_works() {
     // Nothing half-written: every record kept is whole.
     let tensors = store.records.borrow().keys().filter(|k| k.starts_with("tensor")).count();
     assert!(tensors > 0);
-    assert!(store.records.borrow().values().all(|record| imvar::hub::is_whole(record)));
+    assert!(all_whole(&store));
     store.limit = None;
     let streamed = cache(&hub, "quota", &fetch, None);
     assert_eq!(contents(&prepare(&streamed).unwrap()), expected());
@@ -223,6 +248,114 @@ fn fp32_files_are_stored_as_fp16_for_an_f16_device() {
     // Records are kept under the file that was planned: the plain one, as the repo has no variant.
     assert!(store.records.borrow().keys().any(|k| k.contains("\nvae/diffusion_pytorch_model.safetensors\n")));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Whether every record in `store` is whole: a tensor's for the version of its file that its
+/// manifest lists, the others for nothing else.
+fn all_whole(store: &MemoryStore) -> bool {
+    let records = store.records.borrow();
+    let manifests: Vec<Manifest> =
+        records.iter().filter(|(k, _)| k.starts_with("manifest\n")).map(|(_, r)| serde_json::from_slice(&r[..r.len() - 4]).unwrap()).collect();
+    records.iter().all(|(key, record)| {
+        let file = key.strip_prefix("tensor\n").map(|rest| manifests.iter().flat_map(|m| &m.files).find(|f| rest.contains(&format!("\n{}\n", f.path))));
+        match file {
+            Some(file) => file.is_some_and(|f| is_whole(&f.identity(), record)),
+            None => is_whole(b"", record),
+        }
+    })
+}
+
+/// The manifest record of the one model in `store`.
+fn manifest_key(store: &MemoryStore) -> String {
+    store.records.borrow().keys().find(|k| k.starts_with("manifest\n")).unwrap().clone()
+}
+
+#[test]
+fn a_push_during_the_download_is_refused_and_nothing_of_it_is_stored() {
+    let hub = StandIn::start(&[]);
+    let (fetch, store) = (NativeFetch::default(), MemoryStore::default());
+    let cache = cache(&hub, "push", &fetch, Some(&store));
+    // After the first chunk is stored, the VAE's file changes on the Hub (new ETag and commit).
+    let pushed = std::cell::Cell::new(false);
+    let push = |_: &imvar::hub::CacheEvent| {
+        if !pushed.replace(true) {
+            hub.fault(serde_json::json!({"revision": "push", "path": "vae/", "kind": "etag", "salt": "pushed"}));
+        }
+    };
+    let err = pollster::block_on(cache.prepare(&push)).err().expect("the download stops");
+    assert!(matches!(err, CacheError::Hub(HubError::Changed { .. })), "{err}");
+    assert!(err.to_string().contains("changed on the Hub while it was downloaded"), "{err}");
+    assert!(all_whole(&store), "only records of the planned version");
+    // The next load plans the new commit: the VAE again, the rest as stored.
+    hub.reset();
+    hub.fault(serde_json::json!({"revision": "push", "path": "vae/", "kind": "etag", "salt": "pushed"}));
+    assert_eq!(contents(&prepare(&cache).unwrap()), expected());
+    let log = hub.log("push");
+    let big: Vec<&str> = weight_requests(&log).iter().filter(|e| e["bytes"].as_u64().unwrap() > 100_000).map(|e| e["path"].as_str().unwrap()).collect();
+    assert!(big.iter().any(|p| p.starts_with("vae/")), "{big:?}");
+}
+
+#[test]
+fn a_damaged_manifest_keeps_every_record_that_proves_its_file() {
+    let hub = StandIn::start(&[]);
+    let (fetch, store) = (NativeFetch::default(), MemoryStore::default());
+    let cache = cache(&hub, "manifest", &fetch, Some(&store));
+    prepare(&cache).unwrap();
+    let key = manifest_key(&store);
+    store.records.borrow_mut().get_mut(&key).unwrap()[10] ^= 0x01;
+    // A record of another version of a file, under a tensor's key: it must not survive.
+    let stray = store.records.borrow().keys().find(|k| k.ends_with("\nconv_in.weight") && k.contains("unet/")).unwrap().clone();
+    let mut fake = store.records.borrow()[&stray].clone();
+    let payload = fake.len() - 4;
+    fake.truncate(payload);
+    let crc = crc32fast::hash(&fake);
+    fake.extend(crc.to_le_bytes());
+    store.records.borrow_mut().insert(stray.clone(), fake);
+    hub.reset();
+    assert_eq!(contents(&prepare(&cache).unwrap()), expected());
+    let fetched: Vec<_> = weight_requests(&hub.log("manifest")).into_iter().filter(|e| e["bytes"].as_u64().unwrap() > 8 && !e["range"].as_str().unwrap().starts_with("bytes=8-")).cloned().collect();
+    assert_eq!(fetched.len(), 1, "only the unproven record is fetched again: {fetched:?}");
+    assert!(all_whole(&store));
+}
+
+#[test]
+fn a_manifest_of_a_newer_format_is_left_as_it_is() {
+    let hub = StandIn::start(&[]);
+    let (fetch, store) = (NativeFetch::default(), MemoryStore::default());
+    let cache = cache(&hub, "newer", &fetch, Some(&store));
+    prepare(&cache).unwrap();
+    let key = manifest_key(&store);
+    let record = store.records.borrow()[&key].clone();
+    let mut manifest: serde_json::Value = serde_json::from_slice(&record[..record.len() - 4]).unwrap();
+    manifest["version"] = 99.into();
+    let mut newer = serde_json::to_vec(&manifest).unwrap();
+    let crc = crc32fast::hash(&newer);
+    newer.extend(crc.to_le_bytes());
+    store.records.borrow_mut().insert(key, newer);
+    let before = store.records.borrow().clone();
+    let err = prepare(&cache).err().expect("a newer cache is not used");
+    assert!(matches!(err, CacheError::Newer { version: 99, .. }), "{err}");
+    assert!(pollster::block_on(cache.pending()).is_err());
+    assert_eq!(*store.records.borrow(), before, "nothing was changed");
+}
+
+#[test]
+fn pending_reads_the_plan_and_writes_nothing() {
+    let hub = StandIn::start(&[]);
+    let (fetch, store) = (NativeFetch::default(), MemoryStore::default());
+    let cache = cache(&hub, "pending", &fetch, Some(&store));
+    let needed: u64 = expected().values().map(|v| v.len() as u64).sum();
+    let fresh = pollster::block_on(cache.pending()).unwrap();
+    assert_eq!((fresh.download_bytes, fresh.cached_bytes, fresh.stored_bytes), (needed, 0, needed));
+    assert!(store.records.borrow().is_empty(), "pending wrote {:?}", store.records.borrow().keys().collect::<Vec<_>>());
+    prepare(&cache).unwrap();
+    // The VAE changes on the Hub: it counts as missing, and its records stay until a load.
+    hub.fault(serde_json::json!({"revision": "pending", "path": "vae/", "kind": "etag", "salt": "v2"}));
+    let before = store.records.borrow().clone();
+    let changed = pollster::block_on(cache.pending()).unwrap();
+    let vae: u64 = expected().iter().filter(|(k, _)| k.starts_with("vae/")).map(|(_, v)| v.len() as u64).sum();
+    assert_eq!((changed.download_bytes, changed.cached_bytes), (vae, needed - vae));
+    assert_eq!(*store.records.borrow(), before);
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

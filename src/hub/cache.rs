@@ -1,8 +1,10 @@
 //! The model from the Hub, downloaded once: a plan read from the repo itself (model index,
 //! configs, safetensors headers by Range), then only the tensors the pipeline needs, in bounded
 //! single-range chunks, a few at a time, converted to the storage dtype and kept in a `Store`
-//! one checksummed record per tensor plus a manifest per model. A reload resumes with what is
-//! missing; a changed ETag invalidates a file; a damaged record is fetched again when read.
+//! one checksummed record per tensor plus a manifest per model. Everything is read from the commit
+//! the model index named, and every answer's ETag must be the plan's. A reload resumes with what
+//! is missing; a changed file loses its records; a damaged record is fetched again when read; a
+//! damaged manifest loses only the records that cannot prove they belong to the planned files.
 //! Without a store the tensors stream from the network to the device.
 
 use std::cell::RefCell;
@@ -10,9 +12,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
 use super::cached_model::CachedModel;
-use super::manifest::{FileEntry, Manifest, Storage, TensorEntry, cache_id, convert, manifest_key, tensor_prefix, text_key, MANIFEST, TENSOR, TEXT};
+use super::manifest::{
+    FileEntry, MANIFEST, MANIFEST_VERSION, Manifest, Storage, Stored, TENSOR, TEXT, TensorEntry, cache_id, convert, manifest_key, tensor_prefix,
+    text_key,
+};
 use super::progress::{CacheEvent, Phase, Tracker};
-use super::store::{Store, StoreError, seal, unseal};
+use super::store::{Store, StoreError, seal, seal_for, unseal, unseal_for};
 use super::{Fetch, HubError, HubModel, Retry};
 use crate::units::human_bytes;
 use crate::weights::source::{text_paths, weights_file_candidates, PREFERRED_VARIANT};
@@ -37,6 +42,11 @@ pub enum CacheError {
     Store(StoreError),
     #[error("offline, and {0} is not fully cached")]
     Offline(String),
+    #[error(
+        "the cache of {model} was written by a newer imvar (manifest format {version}, this one reads \
+         {MANIFEST_VERSION}) and is left as it is: reload the page for the newer version, or load without caching"
+    )]
+    Newer { model: String, version: u32 },
 }
 
 /// Tuning of the downloads.
@@ -91,32 +101,78 @@ pub struct HubCache<'a> {
     pub options: DownloadOptions,
 }
 
+/// The manifest a load works from.
+struct Current {
+    manifest: Manifest,
+    /// The Hub answered (else the cached manifest is used as it is).
+    online: bool,
+    /// A new plan, not yet in the store.
+    new: Option<NewPlan>,
+}
+
+/// A plan read from the Hub: its configs, and the manifest the store held before (`None`: none
+/// it could read).
+struct NewPlan {
+    texts: BTreeMap<String, String>,
+    before: Option<Manifest>,
+}
+
+/// What becomes of a file's tensor records when a new plan is adopted.
+#[derive(Debug, PartialEq)]
+enum Fate {
+    /// The manifest before listed the same version of the file.
+    Keep,
+    /// The file changed (or is new): no record can be this version's.
+    Drop,
+    /// No readable manifest said which version they are from: each record is kept only if its
+    /// checksum proves it sealed for this version.
+    Prove,
+}
+
+impl NewPlan {
+    fn fate(&self, file: &FileEntry) -> Fate {
+        match &self.before {
+            None => Fate::Prove,
+            Some(before) if before.files.iter().any(|f| f.same_file(file)) => Fate::Keep,
+            Some(_) => Fate::Drop,
+        }
+    }
+}
+
 impl<'a> HubCache<'a> {
     /// Makes sure everything the pipeline needs is cached (downloading what is missing, under an
     /// exclusive lock per model so two tabs never fetch the same bytes) and returns the model
     /// as a `ModelSource`. Offline, a complete cache is used as it is.
     pub async fn prepare(&self, on_event: &dyn Fn(&CacheEvent)) -> Result<CachedModel<'a>, CacheError> {
         let _lock = match self.store {
-            Some(store) => Some(store.exclusive(&format!("imvar download {}", cache_id(&self.model, self.storage))).await),
+            Some(store) => Some(store.exclusive(&lock_name(&cache_id(&self.model, self.storage))).await),
             None => None,
         };
-        let (manifest, online) = self.current_manifest().await?;
+        let Current { manifest, online, new } = self.current_manifest().await?;
+        if let (Some(store), Some(new)) = (self.store, &new) {
+            self.adopt(store, &manifest, new).await?;
+        }
         if let Some(store) = self.store {
             if online {
                 self.download_missing(store, &manifest, on_event).await?;
-            } else if !self.missing(store, &manifest).await?.is_empty() {
+            } else if !self.missing(store, &manifest, None).await?.is_empty() {
                 return Err(CacheError::Offline(self.model.key()));
             }
         }
-        let texts = self.read_texts(&manifest).await.map_err(|e| if online { e } else { CacheError::Offline(self.model.key()) })?;
+        let texts = match new {
+            Some(new) => new.texts,
+            None => self.read_texts(&manifest).await.map_err(|e| if online { e } else { CacheError::Offline(self.model.key()) })?,
+        };
         Ok(CachedModel::new(self.clone_ref(), manifest, texts))
     }
 
-    /// What loading would download: the plan is read (headers only), nothing else.
+    /// What loading would download: the plan is read (configs and headers only) and nothing
+    /// is written. Where no readable manifest says which file versions the records are from,
+    /// every record counts as cached (loading keeps only those that prove it).
     pub async fn pending(&self) -> Result<Pending, CacheError> {
-        let (manifest, _) = self.current_manifest().await?;
+        let Current { manifest, new, .. } = self.current_manifest().await?;
         let missing = match self.store {
-            Some(store) => self.missing(store, &manifest).await?,
+            Some(store) => self.missing(store, &manifest, new.as_ref()).await?,
             None => manifest.files.iter().cloned().enumerate().map(|(i, f)| (i, f.tensors)).collect(),
         };
         let tensors = || missing.iter().flat_map(|(_, t)| t);
@@ -132,24 +188,33 @@ impl<'a> HubCache<'a> {
         HubCache { fetch: self.fetch, store: self.store, model: self.model.clone(), storage: self.storage, options: self.options }
     }
 
+    /// The manifest in the store, if there is one this build can read; one written by a newer
+    /// imvar stops the load so that nothing of it is changed.
     async fn cached_manifest(&self) -> Result<Option<Manifest>, CacheError> {
         let Some(store) = self.store else { return Ok(None) };
         let record = store.get(&manifest_key(&cache_id(&self.model, self.storage))).await.map_err(CacheError::Store)?;
-        Ok(record.and_then(unseal).and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+        match record.map(Stored::read) {
+            None | Some(Stored::Unreadable) => Ok(None),
+            Some(Stored::Readable(manifest)) => Ok(Some(manifest)),
+            Some(Stored::Newer(version)) => Err(CacheError::Newer { model: self.model.key(), version }),
+        }
     }
 
-    /// The manifest, re-planned when the repo's commit moved (`true`: the Hub answered), or
-    /// the cached one when the Hub is unreachable (`false`).
-    async fn current_manifest(&self) -> Result<(Manifest, bool), CacheError> {
-        let cached = self.cached_manifest().await?;
+    /// The manifest, re-planned when the repo's commit moved (`online`: the Hub answered), or
+    /// the cached one when the Hub is unreachable.
+    async fn current_manifest(&self) -> Result<Current, CacheError> {
+        let before = self.cached_manifest().await?;
         // Few retries here: when this fails the network is down, and a complete cache will do.
         let retry = Retry { attempts: 3, ..self.options.retry };
         match self.text(&self.model.url("model_index.json"), retry).await {
-            Ok(index) => match cached {
-                Some(m) if m.commit.is_some() && m.commit == index.commit => Ok((m, true)),
-                old => Ok((self.plan(old, index).await?, true)),
+            Ok(index) => match before {
+                Some(manifest) if manifest.commit.is_some() && manifest.commit == index.commit => Ok(Current { manifest, online: true, new: None }),
+                before => {
+                    let (manifest, texts) = self.plan(index).await?;
+                    Ok(Current { manifest, online: true, new: Some(NewPlan { texts, before }) })
+                }
             },
-            Err(e) if e.is_offline() => cached.map(|m| (m, false)).ok_or(e.into()),
+            Err(e) if e.is_offline() => before.map(|manifest| Current { manifest, online: false, new: None }).ok_or(e.into()),
             Err(e) => Err(e.into()),
         }
     }
@@ -160,46 +225,73 @@ impl<'a> HubCache<'a> {
         Ok(Text { body, commit: download.commit })
     }
 
-    /// Reads the repo: configs, each component's weight file (the fp16 variant where there is
-    /// one) and its header. Files whose ETag changed since `old` lose their cached records.
-    async fn plan(&self, old: Option<Manifest>, index: Text) -> Result<Manifest, CacheError> {
-        let mut texts = vec![("model_index.json".to_string(), index.body)];
+    /// Reads the repo at the commit the model index named: configs, each component's weight
+    /// file (the fp16 variant where there is one) and its header. Writes nothing.
+    async fn plan(&self, index: Text) -> Result<(Manifest, BTreeMap<String, String>), CacheError> {
+        let pinned = HubModel { revision: index.commit.clone().unwrap_or_else(|| self.model.revision.clone()), ..self.model.clone() };
+        let mut texts = BTreeMap::from([("model_index.json".to_string(), index.body)]);
         for path in text_paths().into_iter().skip(1) {
-            texts.push((path.clone(), self.text(&self.model.url(&path), self.options.retry).await?.body));
+            let text = self.text(&pinned.url(&path), self.options.retry).await?.body;
+            texts.insert(path, text);
         }
         let mut files = Vec::new();
         for (component, _) in COMPONENTS {
-            files.push(self.plan_file(component).await?);
+            files.push(self.plan_file(&pinned, component).await?);
         }
-        let manifest = Manifest { model: self.model.clone(), commit: index.commit, storage: self.storage, texts: text_paths(), files };
-        if let Some(store) = self.store {
-            let id = manifest.id();
-            for file in &manifest.files {
-                let previous = old.as_ref().and_then(|m| m.files.iter().find(|f| f.path == file.path));
-                let same = |p: &&FileEntry| p.etag == file.etag && p.size == file.size && p.header_crc == file.header_crc;
-                if !previous.is_some_and(|p| same(&p)) {
-                    store.delete(&tensor_prefix(&id, &file.path)).await.map_err(CacheError::Store)?;
-                }
-            }
-            // Files the repo no longer uses (say, an fp16 variant appeared): free their space.
-            for gone in old.iter().flat_map(|m| &m.files).filter(|f| !manifest.files.iter().any(|n| n.path == f.path)) {
-                store.delete(&tensor_prefix(&id, &gone.path)).await.map_err(CacheError::Store)?;
-            }
-            let mut records: Vec<_> = texts.into_iter().map(|(p, t)| (text_key(&id, &p), seal(t.into_bytes()))).collect();
-            records.push((manifest_key(&id), seal(serde_json::to_vec(&manifest).unwrap())));
-            match store.put(records).await {
-                // No room even for the plan: the download that follows says how much is needed.
-                Ok(()) | Err(StoreError::Quota) => {}
-                Err(e) => return Err(CacheError::Store(e)),
-            }
-        }
-        Ok(manifest)
+        let manifest =
+            Manifest { version: MANIFEST_VERSION, model: self.model.clone(), commit: index.commit, storage: self.storage, texts: text_paths(), files };
+        Ok((manifest, texts))
     }
 
-    async fn plan_file(&self, component: &str) -> Result<FileEntry, CacheError> {
-        let (path, first) = weights_file_of(self.fetch, &self.model, component, Some(PREFERRED_VARIANT), self.options.retry).await?;
+    /// Puts a new plan in the store: each file's records kept, dropped or proven (`Fate`), the
+    /// records of files the repo no longer uses deleted, then the configs and the manifest.
+    async fn adopt(&self, store: &dyn Store, manifest: &Manifest, new: &NewPlan) -> Result<(), CacheError> {
+        let id = manifest.id();
+        for file in &manifest.files {
+            match new.fate(file) {
+                Fate::Keep => {}
+                Fate::Drop => store.delete(&tensor_prefix(&id, &file.path)).await.map_err(CacheError::Store)?,
+                Fate::Prove => self.prune(store, manifest, file).await?,
+            }
+        }
+        // Files the repo no longer uses (say, an fp16 variant appeared): free their space.
+        for gone in new.before.iter().flat_map(|m| &m.files).filter(|f| !manifest.files.iter().any(|n| n.path == f.path)) {
+            store.delete(&tensor_prefix(&id, &gone.path)).await.map_err(CacheError::Store)?;
+        }
+        let mut records: Vec<_> = new.texts.iter().map(|(p, t)| (text_key(&id, p), seal(t.clone().into_bytes()))).collect();
+        records.push((manifest_key(&id), seal(serde_json::to_vec(manifest).unwrap())));
+        match store.put(records).await {
+            // No room even for the plan: the download that follows says how much is needed.
+            Ok(()) | Err(StoreError::Quota) => Ok(()),
+            Err(e) => Err(CacheError::Store(e)),
+        }
+    }
+
+    /// Deletes the records under `file` that are not whole tensors of this version of it.
+    /// (Deletion is by key prefix: a record whose name extends a deleted one's goes too, and is
+    /// fetched again.)
+    async fn prune(&self, store: &dyn Store, manifest: &Manifest, file: &FileEntry) -> Result<(), CacheError> {
+        let prefix = tensor_prefix(&manifest.id(), &file.path);
+        let identity = file.identity();
+        for key in store.keys(&prefix).await.map_err(CacheError::Store)? {
+            let tensor = file.tensors.iter().find(|t| key.strip_prefix(&prefix) == Some(t.info.name.as_str()));
+            let record = store.get(&key).await.map_err(CacheError::Store)?;
+            let proven = tensor.zip(record).is_some_and(|(t, r)| unseal_for(&identity, r).is_some_and(|b| b.len() as u64 == manifest.stored_len(t)));
+            if !proven {
+                store.delete(&key).await.map_err(CacheError::Store)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn plan_file(&self, pinned: &HubModel, component: &str) -> Result<FileEntry, CacheError> {
+        let (path, first) = weights_file_of(self.fetch, pinned, component, Some(PREFERRED_VARIANT), self.options.retry).await?;
         let len = SafetensorsIndex::header_len(first.bytes.as_slice().try_into().map_err(|_| truncated(&path))?, &path)?;
-        let header = self.range(&path, 8..8 + len).await?;
+        let url = pinned.url(&path);
+        let header = super::download(self.fetch, &url, Some(8..8 + len), self.options.retry).await?;
+        if header.etag != first.etag {
+            return Err(HubError::Changed { url }.into());
+        }
         let index = SafetensorsIndex::parse(&header.bytes, &path, first.file_size)?;
         let unused = unused_prefixes(component);
         let mut tensors = Vec::new();
@@ -212,8 +304,15 @@ impl<'a> HubCache<'a> {
         Ok(FileEntry { component: component.into(), path, etag: first.etag, size, header_crc, tensors })
     }
 
-    pub(super) async fn range(&self, path: &str, range: Range<u64>) -> Result<super::Download, HubError> {
-        super::download(self.fetch, &self.model.url(path), Some(range), self.options.retry).await
+    /// `range` of a planned file, from the commit the plan was read from. An answer with another
+    /// ETag than the plan's is another version of the file, and refused.
+    pub(super) async fn planned_range(&self, manifest: &Manifest, file: &FileEntry, range: Range<u64>) -> Result<super::Download, HubError> {
+        let url = manifest.pinned().url(&file.path);
+        let answer = super::download(self.fetch, &url, Some(range), self.options.retry).await?;
+        match (&file.etag, &answer.etag) {
+            (Some(planned), Some(answered)) if planned != answered => Err(HubError::Changed { url }),
+            _ => Ok(answer),
+        }
     }
 
     async fn read_texts(&self, manifest: &Manifest) -> Result<BTreeMap<String, String>, CacheError> {
@@ -232,10 +331,15 @@ impl<'a> HubCache<'a> {
         Ok(texts)
     }
 
-    /// Tensors of `manifest` without a record, per file index.
-    async fn missing(&self, store: &dyn Store, manifest: &Manifest) -> Result<Vec<(usize, Vec<TensorEntry>)>, CacheError> {
+    /// Tensors of `manifest` without a record, per file index; with a `new` plan not yet
+    /// adopted, every tensor of a file whose records it would drop.
+    async fn missing(&self, store: &dyn Store, manifest: &Manifest, new: Option<&NewPlan>) -> Result<Vec<(usize, Vec<TensorEntry>)>, CacheError> {
         let mut missing = Vec::new();
         for (i, file) in manifest.files.iter().enumerate() {
+            if new.is_some_and(|n| n.fate(file) == Fate::Drop) {
+                missing.push((i, file.tensors.clone()));
+                continue;
+            }
             let prefix = tensor_prefix(&manifest.id(), &file.path);
             let have: BTreeSet<String> = store.keys(&prefix).await.map_err(CacheError::Store)?.into_iter().collect();
             let absent: Vec<TensorEntry> =
@@ -248,7 +352,7 @@ impl<'a> HubCache<'a> {
     }
 
     async fn download_missing(&self, store: &dyn Store, manifest: &Manifest, on_event: &dyn Fn(&CacheEvent)) -> Result<(), CacheError> {
-        let missing = self.missing(store, manifest).await?;
+        let missing = self.missing(store, manifest, None).await?;
         let needed = manifest.stored_sum(missing.iter().flat_map(|(_, t)| t));
         if needed == 0 {
             return Ok(());
@@ -281,7 +385,7 @@ impl<'a> HubCache<'a> {
         match failure.into_inner() {
             None => Ok(()),
             Some(CacheError::Store(StoreError::Quota)) => {
-                let left = self.missing(store, manifest).await?;
+                let left = self.missing(store, manifest, None).await?;
                 let needed = manifest.stored_sum(left.iter().flat_map(|(_, t)| t));
                 Err(CacheError::Quota { needed, available: None, stored: manifest.stored_bytes() - needed })
             }
@@ -294,8 +398,9 @@ impl<'a> HubCache<'a> {
     async fn download_chunk(&self, store: &dyn Store, manifest: &Manifest, chunk: &Chunk) -> Result<u64, CacheError> {
         let file = &manifest.files[chunk.file];
         let range = chunk.range();
-        let bytes = self.range(&file.path, range.clone()).await?.bytes;
+        let bytes = self.planned_range(manifest, file, range.clone()).await?.bytes;
         let prefix = tensor_prefix(&manifest.id(), &file.path);
+        let identity = file.identity();
         let mut stored = 0;
         let records = chunk
             .tensors
@@ -304,7 +409,7 @@ impl<'a> HubCache<'a> {
                 let raw = bytes[(t.start - range.start) as usize..(t.end - range.start) as usize].to_vec();
                 let payload = convert(self.storage, t.info.dtype, raw);
                 stored += payload.len() as u64;
-                (format!("{prefix}{}", t.info.name), seal(payload))
+                (format!("{prefix}{}", t.info.name), seal_for(&identity, payload))
             })
             .collect();
         drop(bytes);
@@ -362,11 +467,16 @@ pub struct CachedEntry {
     pub bytes: u64,
 }
 
-/// Every model with a manifest in `store`.
+/// The lock a model's cache is changed under (across tabs in the browser).
+fn lock_name(id: &str) -> String {
+    format!("imvar download {id}")
+}
+
+/// Every model with a manifest in `store` that this build can read.
 pub async fn list(store: &dyn Store) -> Result<Vec<CachedEntry>, StoreError> {
     let mut entries = Vec::new();
     for key in store.keys(MANIFEST).await? {
-        let Some(manifest) = store.get(&key).await?.and_then(unseal).and_then(|b| serde_json::from_slice::<Manifest>(&b).ok()) else {
+        let Some(Stored::Readable(manifest)) = store.get(&key).await?.map(Stored::read) else {
             continue;
         };
         entries.push(CachedEntry { bytes: manifest.stored_bytes(), model: manifest.model, storage: manifest.storage, commit: manifest.commit });
@@ -374,10 +484,12 @@ pub async fn list(store: &dyn Store) -> Result<Vec<CachedEntry>, StoreError> {
     Ok(entries)
 }
 
-/// Deletes everything cached of `model` (every storage dtype).
+/// Deletes everything cached of `model` (every storage dtype), under each cache's lock so that
+/// no download in another tab writes records after them.
 pub async fn delete(store: &dyn Store, model: &HubModel) -> Result<(), StoreError> {
     for storage in [Storage::F16, Storage::AsStored] {
         let id = cache_id(model, storage);
+        let _lock = store.exclusive(&lock_name(&id)).await;
         for prefix in [format!("{TENSOR}{id}\n"), format!("{TEXT}{id}\n"), manifest_key(&id)] {
             store.delete(&prefix).await?;
         }

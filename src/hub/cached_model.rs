@@ -1,6 +1,7 @@
 //! A prepared model as a `ModelSource`: configs in memory, tensors read one at a time from the
 //! store (a damaged record fetched again and repaired) or, without a store, streamed from the
-//! network a chunk at a time.
+//! network a chunk at a time. A record is taken only if its checksum holds for its file's
+//! version, so a record written by another tab for another version is never read as this one.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -9,7 +10,7 @@ use std::ops::Range;
 use super::HubError;
 use super::cache::{HubCache, chunks};
 use super::manifest::{Manifest, TensorEntry, convert, tensor_prefix};
-use super::store::{StoreError, seal, unseal};
+use super::store::{StoreError, holds, seal_for};
 use crate::LocalFuture;
 use crate::weights::{LoadError, ModelSource, RawTensor, TensorInfo, TensorSource};
 
@@ -51,18 +52,16 @@ impl CachedModel<'_> {
             return Ok(RawTensor { shape, dtype, bytes: convert(self.manifest.storage, tensor.info.dtype, bytes) });
         };
         let key = format!("{}{name}", tensor_prefix(&self.manifest.id(), &entry.path));
+        let identity = entry.identity();
         let record = store.get(&key).await.map_err(store_failed)?;
         let expected = self.manifest.stored_len(tensor) as usize;
-        if let Some(bytes) = record.and_then(unseal).filter(|b| b.len() == expected) {
+        if let Some(bytes) = record.and_then(|r| payload(&identity, r)).filter(|b| b.len() == expected) {
             return Ok(RawTensor { shape, dtype, bytes });
         }
         // Damaged or missing: fetch it again and repair the record.
-        let url = self.cache.model.url(&entry.path);
-        let fetched = super::download(self.cache.fetch, &url, Some(tensor.start..tensor.end), self.cache.options.retry)
-            .await
-            .map_err(|e| fetch_failed(name, e))?;
+        let fetched = self.cache.planned_range(&self.manifest, entry, tensor.start..tensor.end).await.map_err(|e| fetch_failed(name, e))?;
         let bytes = convert(self.manifest.storage, tensor.info.dtype, fetched.bytes);
-        store.put(vec![(key, seal(bytes.clone()))]).await.map_err(store_failed)?;
+        store.put(vec![(key, seal_for(&identity, bytes.clone()))]).await.map_err(store_failed)?;
         Ok(RawTensor { shape, dtype, bytes })
     }
 
@@ -74,13 +73,23 @@ impl CachedModel<'_> {
             self.chunk.borrow_mut().take();
             let tensors = self.manifest.files[file].tensors.iter().filter(|t| t.start >= tensor.start).cloned().collect();
             let range = chunks(file, tensors, self.cache.options.chunk_bytes)[0].range();
-            let bytes = self.cache.range(&self.manifest.files[file].path, range.clone()).await.map_err(|e| fetch_failed(&tensor.info.name, e))?.bytes;
+            let entry = &self.manifest.files[file];
+            let bytes = self.cache.planned_range(&self.manifest, entry, range.clone()).await.map_err(|e| fetch_failed(&tensor.info.name, e))?.bytes;
             *self.chunk.borrow_mut() = Some((file, range, bytes));
         }
         let chunk = self.chunk.borrow();
         let (_, range, bytes) = chunk.as_ref().unwrap();
         Ok(bytes[(tensor.start - range.start) as usize..(tensor.end - range.start) as usize].to_vec())
     }
+}
+
+/// A tensor record's payload: sealed for its file's `identity`, or for none (records written
+/// before records named their file; the manifest that lists them vouches for the version).
+fn payload(identity: &[u8], mut record: Vec<u8>) -> Option<Vec<u8>> {
+    (holds(identity, &record) || holds(b"", &record)).then(|| {
+        record.truncate(record.len() - 4);
+        record
+    })
 }
 
 impl ModelSource for CachedModel<'_> {

@@ -16,6 +16,7 @@ pub struct Headers {
     /// so it is only seen from servers that answer directly).
     pub linked_etag: Option<String>,
     pub content_range: Option<String>,
+    pub content_length: Option<String>,
     pub repo_commit: Option<String>,
 }
 
@@ -26,25 +27,58 @@ impl Headers {
             etag: header("etag"),
             linked_etag: header("x-linked-etag"),
             content_range: header("content-range"),
+            content_length: header("content-length"),
             repo_commit: header("x-repo-commit"),
         }
     }
 }
 
-/// An HTTP answer whose body was read completely, or as far as it came.
+/// Whole files imvar asks for are configs and model indexes: a longer answer is not one.
+pub const MAX_WHOLE_FILE: u64 = 16 << 20;
+
+/// The part of an answer's body a `Fetch` keeps, by status: of a 206, the range's length; of a
+/// 200 to a Range request (a server that ignores Range), the range's bytes of the whole file,
+/// those before it skipped as they stream; of a whole file, up to `MAX_WHOLE_FILE`; nothing of
+/// any other answer. One byte more is kept where it comes, to tell a body longer than it
+/// should be, and nothing after it is read: no answer makes imvar buffer more than it asked for.
+pub fn body_window(status: u16, range: Option<&Range<u64>>) -> Range<u64> {
+    match (status, range) {
+        (206, Some(r)) => 0..r.end - r.start + 1,
+        (200, Some(r)) => r.start..r.end + 1,
+        (200, None) => 0..MAX_WHOLE_FILE + 1,
+        _ => 0..0,
+    }
+}
+
+/// An HTTP answer, its body read as far as `body_window` says, or as far as it came.
 #[derive(Clone, Debug)]
 pub struct Response {
     pub status: u16,
     pub headers: Headers,
+    /// The body's bytes in the window.
     pub body: Vec<u8>,
+    /// Body bytes skipped before the window (fewer than its start when the body ended first).
+    pub skipped: u64,
     /// The connection failed while the body was read: `body` holds what arrived.
     pub truncated: bool,
+}
+
+impl Response {
+    /// An answer whose whole body is at hand, kept as a `Fetch` keeps it (`body_window`), for
+    /// a request for `range`.
+    pub fn whole(status: u16, headers: Headers, body: &[u8], range: Option<&Range<u64>>) -> Self {
+        let window = body_window(status, range);
+        let start = window.start.min(body.len() as u64) as usize;
+        let end = window.end.min(body.len() as u64) as usize;
+        Self { status, headers, body: body[start..end].to_vec(), skipped: start as u64, truncated: false }
+    }
 }
 
 /// What the platform provides: one GET with an optional single range, following redirects, and
 /// a timer for backoff.
 pub trait Fetch {
-    /// `Err` only when no answer came at all (network down, connection refused, CORS).
+    /// `Err` only when no answer came at all (network down, connection refused, CORS, a
+    /// stalled answer). Keeps only `body_window` of the body.
     fn get<'a>(&'a self, url: &'a str, range: Option<Range<u64>>) -> LocalFuture<'a, Result<Response, String>>;
     fn sleep(&self, duration: Duration) -> LocalFuture<'static, ()>;
 }
@@ -90,6 +124,17 @@ fn clean_etag(tag: &str) -> String {
     tag.trim_start_matches("W/").trim_matches('"').to_string()
 }
 
+/// A name the server chose that becomes part of a URL or, natively, a file or folder name in the
+/// cache (a blob's ETag, a commit): only a hex digest — a git id (40 characters) or a sha256
+/// (64) — so that no answer can name a path.
+pub(super) fn digest<'a>(value: &'a str, what: &str, url: &str) -> Result<&'a str, HubError> {
+    if matches!(value.len(), 40 | 64) && value.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(value);
+    }
+    let shown: String = value.chars().take(80).collect();
+    Err(HubError::Invalid(format!("{url}: the server's {what} {shown:?} is not a hex digest")))
+}
+
 /// Why one attempt failed: retry it, or give up with this error.
 enum Attempt {
     Retry(String),
@@ -101,16 +146,24 @@ enum Attempt {
 fn accept(url: &str, range: &Option<Range<u64>>, response: Response) -> Result<Download, Attempt> {
     let status = response.status;
     let etag = response.headers.linked_etag.as_deref().or(response.headers.etag.as_deref()).map(clean_etag);
-    let commit = response.headers.repo_commit.clone();
     match status {
         404 => return Err(Attempt::Fail(HubError::NotFound { url: url.into() })),
         408 | 429 | 500..=599 => return Err(Attempt::Retry(format!("HTTP {status}"))),
         200 | 206 => {}
         _ => return Err(Attempt::Fail(HubError::Status { url: url.into(), status })),
     }
+    // The commit names what later requests ask for: a digest or nothing.
+    let commit = match response.headers.repo_commit.as_deref() {
+        Some(commit) => Some(digest(commit, "commit (X-Repo-Commit)", url).map_err(Attempt::Fail)?.to_string()),
+        None => None,
+    };
     if response.truncated {
         return Err(Attempt::Retry(format!("connection lost after {} bytes", response.body.len())));
     }
+    // The window is one byte longer than what is wanted: a full one means the body went on.
+    let window = body_window(status, range.as_ref());
+    let longer = response.body.len() as u64 >= window.end - window.start;
+    let stated_length = response.headers.content_length.as_deref().and_then(|l| l.trim().parse::<u64>().ok());
     let mut body = response.body;
     let (file_size, bytes) = match (status, range) {
         (206, Some(wanted)) => {
@@ -131,13 +184,16 @@ fn accept(url: &str, range: &Option<Range<u64>>, response: Response) -> Result<D
             (Some(total), body)
         }
         (200, Some(wanted)) => {
-            let total = body.len() as u64;
-            if wanted.end > total {
-                return Err(Attempt::Fail(HubError::Invalid(format!("{url}: the file has {total} bytes, not {}", wanted.end))));
+            // The server ignored the range: the window holds the range's bytes of the whole file.
+            let seen = response.skipped + body.len() as u64;
+            if response.skipped != wanted.start || (body.len() as u64) < wanted.end - wanted.start {
+                return Err(Attempt::Fail(HubError::Invalid(format!("{url}: the file has {seen} bytes, not {}", wanted.end))));
             }
-            body.truncate(wanted.end as usize);
-            body.drain(..wanted.start as usize);
-            (Some(total), body)
+            body.truncate((wanted.end - wanted.start) as usize);
+            (stated_length.or((!longer).then_some(seen)), body)
+        }
+        (200, None) if longer => {
+            return Err(Attempt::Fail(HubError::Invalid(format!("{url}: longer than {MAX_WHOLE_FILE} bytes, not a file imvar reads whole"))));
         }
         (200, None) => (Some(body.len() as u64), body),
         _ => return Err(Attempt::Fail(HubError::Invalid(format!("{url}: 206 for a request without Range")))),
@@ -201,7 +257,13 @@ mod tests {
 
     fn answer(status: u16, content_range: Option<&str>, body: &[u8], truncated: bool) -> Result<Response, String> {
         let headers = Headers { content_range: content_range.map(String::from), etag: Some("\"e\"".into()), ..Default::default() };
-        Ok(Response { status, headers, body: body.to_vec(), truncated })
+        Ok(Response { status, headers, body: body.to_vec(), skipped: 0, truncated })
+    }
+
+    /// What a `Fetch` keeps of a 200 answer with all of `file` to a request for `range`.
+    fn whole(file: &[u8], range: Option<&Range<u64>>) -> Result<Response, String> {
+        let headers = Headers { etag: Some("\"e\"".into()), ..Default::default() };
+        Ok(Response::whole(200, headers, file, range))
     }
 
     fn run(answers: Vec<Result<Response, String>>, range: Option<Range<u64>>) -> (Result<Download, HubError>, usize) {
@@ -215,9 +277,18 @@ mod tests {
         let file: Vec<u8> = (0..100).collect();
         let (ok, _) = run(vec![answer(206, Some("bytes 10-19/100"), &file[10..20], false)], Some(10..20));
         assert_eq!(ok.unwrap().bytes, &file[10..20]);
-        let (whole, _) = run(vec![answer(200, None, &file, false)], Some(10..20));
-        let whole = whole.unwrap();
-        assert_eq!((whole.bytes.as_slice(), whole.file_size, whole.etag.as_deref()), (&file[10..20], Some(100), Some("e")));
+        let (ignored, _) = run(vec![whole(&file, Some(&(10..20)))], Some(10..20));
+        let ignored = ignored.unwrap();
+        // The body was cut after the range: the size is the one Content-Length states, if any.
+        assert_eq!((ignored.bytes.as_slice(), ignored.file_size, ignored.etag.as_deref()), (&file[10..20], None, Some("e")));
+        let (to_the_end, _) = run(vec![whole(&file, Some(&(90..100)))], Some(90..100));
+        assert_eq!(to_the_end.unwrap().file_size, Some(100));
+        let (past_the_end, _) = run(vec![whole(&file, Some(&(90..120)))], Some(90..120));
+        assert!(past_the_end.unwrap_err().to_string().contains("the file has 100 bytes, not 120"));
+        // A whole file longer than any config: refused, not buffered.
+        let endless = vec![0u8; MAX_WHOLE_FILE as usize + 10];
+        let (long, asked) = run(vec![whole(&endless, None)], None);
+        assert!(long.unwrap_err().to_string().contains("not a file imvar reads whole") && asked == 1);
         let answers = vec![
             Err("connection refused".into()),
             answer(503, None, b"busy", false),
@@ -256,8 +327,8 @@ mod tests {
     fn arbitrary(range: Range<u64>) -> impl Strategy<Value = Response> {
         let status = prop_oneof![Just(200u16), Just(206), Just(404), Just(416), Just(503), 100..600u16];
         let body = proptest::collection::vec(any::<u8>(), 0..(range.end as usize + 64));
-        (status, content_range(range), body, any::<bool>()).prop_map(|(status, content_range, body, truncated)| {
-            Response { status, headers: Headers { content_range, ..Default::default() }, body, truncated }
+        (status, content_range(range), body, 0..96u64, any::<bool>()).prop_map(|(status, content_range, body, skipped, truncated)| {
+            Response { status, headers: Headers { content_range, ..Default::default() }, body, skipped, truncated }
         })
     }
 
@@ -268,11 +339,11 @@ mod tests {
             let file: Vec<u8> = (0..len).map(|i| i as u8).collect();
             let end = range.end.min(len);
             if ignores_range || range.start >= len {
-                return Response { status: 200, headers: Headers::default(), body: file, truncated: false };
+                return Response::whole(200, Headers::default(), &file, Some(&range));
             }
             let content_range = Some(format!("bytes {}-{}/{len}", range.start, end - 1));
             let body = file[range.start as usize..end as usize].to_vec();
-            Response { status: 206, headers: Headers { content_range, ..Default::default() }, body, truncated: false }
+            Response { status: 206, headers: Headers { content_range, ..Default::default() }, body, skipped: 0, truncated: false }
         })
     }
 

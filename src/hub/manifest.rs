@@ -61,10 +61,37 @@ pub struct FileEntry {
     pub tensors: Vec<TensorEntry>,
 }
 
+impl FileEntry {
+    /// What names this version of the file: its tensor records are sealed for it, so a record
+    /// written from another version never passes its checksum.
+    pub fn identity(&self) -> Vec<u8> {
+        format!("{}\n{}\n{}\n{:08x}", self.path, self.etag.as_deref().unwrap_or(""), self.size, self.header_crc).into_bytes()
+    }
+
+    /// Whether `other` describes the same version of the same file.
+    pub(super) fn same_file(&self, other: &FileEntry) -> bool {
+        self.identity() == other.identity()
+    }
+}
+
+/// The manifest format this build writes. A manifest without the field is format 1 (the same
+/// fields); one of a later format was written by a newer imvar and is left as it is.
+pub const MANIFEST_VERSION: u32 = 1;
+
+fn first_version() -> u32 {
+    1
+}
+
 /// What is (to be) cached of one model.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Manifest {
+    /// The format (`MANIFEST_VERSION` when written by this build).
+    #[serde(default = "first_version")]
+    pub version: u32,
+    /// The model as asked for (its revision may be a branch).
     pub model: HubModel,
+    /// The commit the plan was read from (`X-Repo-Commit`, a hex digest): every file is fetched
+    /// from it, so a push during a download cannot mix two versions.
     pub commit: Option<String>,
     pub storage: Storage,
     /// Text files (model index, configs), cached whole.
@@ -91,6 +118,39 @@ impl Manifest {
 
     pub(super) fn id(&self) -> String {
         cache_id(&self.model, self.storage)
+    }
+
+    /// The model at the commit the plan was read from (at the asked revision when the Hub named
+    /// no commit).
+    pub fn pinned(&self) -> HubModel {
+        HubModel { revision: self.commit.clone().unwrap_or_else(|| self.model.revision.clone()), ..self.model.clone() }
+    }
+}
+
+/// A manifest record as found in the store.
+#[derive(Debug)]
+pub(super) enum Stored {
+    Readable(Manifest),
+    /// Damaged, or not a manifest this build can read: re-planned, and only the tensor records
+    /// whose checksums prove them the planned files' are kept.
+    Unreadable,
+    /// Written by a newer imvar (this format): left untouched.
+    Newer(u32),
+}
+
+impl Stored {
+    pub(super) fn read(record: Vec<u8>) -> Self {
+        let Some(bytes) = super::store::unseal(record) else { return Stored::Unreadable };
+        /// The one field every format has (the others may change).
+        #[derive(serde::Deserialize)]
+        struct Format {
+            #[serde(default = "first_version")]
+            version: u32,
+        }
+        match serde_json::from_slice::<Format>(&bytes) {
+            Ok(Format { version }) if version > MANIFEST_VERSION => Stored::Newer(version),
+            _ => serde_json::from_slice(&bytes).map_or(Stored::Unreadable, Stored::Readable),
+        }
     }
 }
 

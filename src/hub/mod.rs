@@ -17,7 +17,7 @@ mod store;
 
 pub use cache::{CacheError, CachedEntry, DownloadOptions, HubCache, Pending};
 pub use cached_model::CachedModel;
-pub use client::{Download, Fetch, Headers, Response, Retry, download};
+pub use client::{Download, Fetch, Headers, MAX_WHOLE_FILE, Response, Retry, body_window, download};
 pub use manifest::{FileEntry, Manifest, Storage, TensorEntry, f32_to_f16_bytes};
 #[cfg(not(target_arch = "wasm32"))]
 pub use native_fetch::NativeFetch;
@@ -95,6 +95,8 @@ pub enum HubError {
     Status { url: String, status: u16 },
     #[error("{url}: network error after {attempts} attempts: {message}")]
     Network { url: String, attempts: u32, message: String },
+    #[error("{url}: the file changed on the Hub while it was downloaded (its ETag is not the planned one); load again")]
+    Changed { url: String },
     #[error("{0}")]
     Invalid(String),
 }

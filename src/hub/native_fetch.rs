@@ -5,7 +5,7 @@ use std::ops::Range;
 
 use web_time::Duration;
 
-use super::{Fetch, Headers, Response};
+use super::{Fetch, Headers, Response, body_window};
 use crate::LocalFuture;
 
 /// Blocking HTTP natively (the CLI and native tests run the async core under `pollster`).
@@ -37,9 +37,15 @@ impl Fetch for NativeFetch {
         let result = request.call().map_err(|e| e.to_string()).map(|mut answer| {
             let header = |name: &str| answer.headers().get(name).and_then(|v| v.to_str().ok()).map(String::from);
             let headers = Headers::read(header);
+            let status = answer.status().as_u16();
+            let window = body_window(status, range.as_ref());
+            let mut reader = answer.body_mut().with_config().limit(u64::MAX).reader();
+            // Skipped as it streams (a server that ignored the range); nothing read past the window.
+            let skipped = std::io::copy(&mut (&mut reader).take(window.start), &mut std::io::sink());
             let mut body = Vec::new();
-            let truncated = answer.body_mut().with_config().limit(u64::MAX).reader().read_to_end(&mut body).is_err();
-            Response { status: answer.status().as_u16(), headers, body, truncated }
+            let kept = skipped.as_ref().map(|_| (&mut reader).take(window.end - window.start).read_to_end(&mut body));
+            let truncated = !matches!(kept, Ok(Ok(_)));
+            Response { status, headers, body, skipped: skipped.unwrap_or(0), truncated }
         });
         Box::pin(std::future::ready(result))
     }

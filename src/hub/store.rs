@@ -1,6 +1,6 @@
 //! The weight cache's storage behind one small trait (IndexedDB in the browser), and the
-//! record format: each record is its payload followed by the payload's CRC-32, so a damaged or
-//! cut record is recognised when read.
+//! record format: each record is its payload followed by a CRC-32 of what it belongs to and the
+//! payload, so a damaged or cut record, or one written for another file, is recognised when read.
 
 use crate::LocalFuture;
 
@@ -27,24 +27,49 @@ pub trait Store {
     fn exclusive<'a>(&'a self, name: &'a str) -> LocalFuture<'a, Box<dyn std::any::Any>>;
 }
 
-/// A record is its payload followed by the payload's CRC-32, so a damaged or cut record is
-/// recognised on read.
-pub(super) fn seal(mut payload: Vec<u8>) -> Vec<u8> {
-    let crc = crc32fast::hash(&payload);
+/// A record is its payload followed by the CRC-32 of `context` and the payload, so a damaged or
+/// cut record is recognised on read, and so is one read for another `context` than it was
+/// written for (a tensor record's context is its file's identity: a record written from one
+/// version of a file never passes for a tensor of another).
+pub(super) fn seal_for(context: &[u8], mut payload: Vec<u8>) -> Vec<u8> {
+    let crc = checksum(context, &payload);
     payload.extend_from_slice(&crc.to_le_bytes());
     payload
 }
 
-/// Whether a stored record is complete and undamaged (its checksum holds).
-pub fn is_whole(record: &[u8]) -> bool {
-    unseal(record.to_vec()).is_some()
+/// The payload of a record sealed for `context`, if its checksum holds.
+pub(super) fn unseal_for(context: &[u8], mut record: Vec<u8>) -> Option<Vec<u8>> {
+    holds(context, &record).then(|| {
+        record.truncate(record.len() - 4);
+        record
+    })
 }
 
-pub(super) fn unseal(mut record: Vec<u8>) -> Option<Vec<u8>> {
-    let split = record.len().checked_sub(4)?;
-    let crc = u32::from_le_bytes(record[split..].try_into().unwrap());
-    record.truncate(split);
-    (crc32fast::hash(&record) == crc).then_some(record)
+/// Whether `record` was sealed for `context` and is whole.
+pub(super) fn holds(context: &[u8], record: &[u8]) -> bool {
+    let Some(split) = record.len().checked_sub(4) else { return false };
+    checksum(context, &record[..split]).to_le_bytes() == record[split..]
+}
+
+fn checksum(context: &[u8], payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(context);
+    hasher.update(payload);
+    hasher.finalize()
+}
+
+/// A record that belongs to nothing else (the manifest, a config): sealed for no context.
+pub(super) fn seal(payload: Vec<u8>) -> Vec<u8> {
+    seal_for(b"", payload)
+}
+
+pub(super) fn unseal(record: Vec<u8>) -> Option<Vec<u8>> {
+    unseal_for(b"", record)
+}
+
+/// Whether a stored record is complete and undamaged for `context` (its checksum holds).
+pub fn is_whole(context: &[u8], record: &[u8]) -> bool {
+    holds(context, record)
 }
 
 #[cfg(test)]
@@ -60,6 +85,10 @@ mod tests {
         assert_eq!(unseal(flipped), None);
         assert_eq!(unseal(record[..record.len() - 1].to_vec()), None);
         assert_eq!(unseal(vec![1]), None);
+        let tensor = seal_for(b"file v1", vec![1, 2, 3]);
+        assert_eq!(unseal_for(b"file v1", tensor.clone()), Some(vec![1, 2, 3]));
+        assert_eq!(unseal_for(b"file v2", tensor.clone()), None);
+        assert_eq!(unseal(tensor), None);
     }
 
     #[cfg(not(target_arch = "wasm32"))]

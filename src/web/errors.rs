@@ -88,6 +88,7 @@ impl Classified for CacheError {
             CacheError::Hub(e) => e.kind(),
             CacheError::Load(e) => e.kind(),
             CacheError::Store(e) => e.kind(),
+            CacheError::Newer { .. } => ErrorKind::StorageError,
         }
     }
 }
@@ -152,6 +153,7 @@ mod tests {
         assert_eq!(CacheError::Store(StoreError::Quota).kind(), ErrorKind::QuotaError);
         assert_eq!(CacheError::Store(StoreError::Other("x".into())).kind(), ErrorKind::StorageError);
         assert_eq!(CacheError::Offline("m".into()).kind(), ErrorKind::OfflineError);
+        assert_eq!(CacheError::Newer { model: "m".into(), version: 2 }.kind(), ErrorKind::StorageError);
         assert_eq!(PipelineError::Cancelled.kind(), ErrorKind::CancelledError);
         assert_eq!(PipelineError::InvalidOption("n".into()).kind(), ErrorKind::OptionError);
         assert_eq!(PipelineError::Gpu("lost".into()).kind(), ErrorKind::GpuError);
