@@ -86,8 +86,9 @@ pub fn run(pipeline: &ImageVariationPipeline, gpu: &Gpu, options: &BenchOptions)
     })?;
     report("scheduler_step", options.n, ms);
 
+    let bands = pipeline.decode_bands(options.n, width, height).unwrap_or(1);
     let ms = time_stage(options.runs, || {
-        drop(pipeline.vae().decode(latents.clone().cast(dtype)));
+        drop(pipeline.vae().decode(latents.clone().cast(dtype), bands));
         sync(gpu)
     })?;
     report("vae_decode", options.n, ms);

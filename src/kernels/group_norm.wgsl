@@ -1,19 +1,20 @@
-// GroupNorm, second pass (optionally followed by SiLU): each workgroup combines the chunk
-// statistics of its (batch, group) from group_norm_stats.wgsl (Chan et al.'s parallel variance,
-// in f32), then normalises its own chunk and writes the affine transform in `ELEM` (f32 or f16).
+// GroupNorm, second pass (optionally followed by SiLU): each workgroup combines the `p.stride`
+// chunk statistics of its (batch, group) from group_norm_stats.wgsl (Chan et al.'s parallel
+// variance, in f32; the chunks of every band of rows where the activation is kept in bands),
+// then normalises its own chunk of this band and writes the affine transform in `ELEM`.
 ENABLE_F16
 
 // Every binding is read_write: cubecl's pool may place inputs and the output in one wgpu
 // buffer, and a buffer cannot be read-only and writable in the same dispatch.
 struct Params {
     channels: u32, spatial: u32, groups: u32, silu: u32,
-    eps: f32, chunks: u32, chunk: u32, _pad: u32,
+    eps: f32, chunks: u32, chunk: u32, first: u32, stride: u32,
 }
 
 @group(0) @binding(0) var<storage, read_write> x: array<ELEM>;
 @group(0) @binding(1) var<storage, read_write> gamma: array<ELEM>;
 @group(0) @binding(2) var<storage, read_write> beta: array<ELEM>;
-@group(0) @binding(3) var<storage, read_write> stats: array<f32>; // [batch * groups, chunks, 2]
+@group(0) @binding(3) var<storage, read_write> stats: array<f32>; // [batch * groups, stride, 3]
 @group(0) @binding(4) var<storage, read_write> out: array<ELEM>;
 @group(0) @binding(5) var<storage, read_write> p: Params;
 
@@ -32,11 +33,11 @@ fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) group:
     let per_group = p.channels / p.groups;
     let len = per_group * p.spatial;
 
-    // At most 256 chunks (mod.rs sizes them so): one per thread.
+    // At most 256 chunks in all bands (norm.rs sizes them so): one per thread.
     var own = vec3<f32>(0.0, 0.0, 0.0);
-    if (tid < p.chunks) {
-        let slot = (group.y * p.chunks + tid) * 2u;
-        own = vec3<f32>(f32(min(p.chunk, len - tid * p.chunk)), stats[slot], stats[slot + 1u]);
+    if (tid < p.stride) {
+        let slot = (group.y * p.stride + tid) * 3u;
+        own = vec3<f32>(stats[slot], stats[slot + 1u], stats[slot + 2u]);
     }
     partial[tid] = own;
     workgroupBarrier();

@@ -25,7 +25,7 @@ mod tests;
 
 pub use attention::attention;
 pub use gemm::{Epilogue, GemmForcing, conv1x1_from_tokens, conv1x1_to_tokens, conv2d, conv2d_upsampled, force_gemm, linear, linear_quick_gelu};
-pub use norm::{geglu, geglu_stock, group_norm, group_norm_stock, layer_norm, layer_norm_stock};
+pub use norm::{geglu, geglu_stock, group_norm, group_norm_bands, group_norm_stock, layer_norm, layer_norm_stock};
 
 use burn::backend::Cube;
 use burn::tensor::{DType, Tensor};

@@ -7,6 +7,8 @@ use burn_cubecl::cubecl::ir::settings::Dim3;
 use burn_cubecl::cubecl::prelude::CubeCount;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 
+use burn_cubecl::tensor::CubeTensor;
+
 use super::{WgslKernel, cube, grid, is_f16, launch, params};
 
 pub(super) const GROUP_NORM_STATS: &str = include_str!("group_norm_stats.wgsl");
@@ -14,33 +16,58 @@ pub(super) const GROUP_NORM: &str = include_str!("group_norm.wgsl");
 pub(super) const LAYER_NORM: &str = include_str!("layer_norm.wgsl");
 pub(super) const GEGLU: &str = include_str!("geglu.wgsl");
 
-/// Values of one (batch, group) per GroupNorm workgroup: 16 per thread at least, more where a
-/// group would otherwise span over 256 chunks (the second pass combines one chunk per thread).
-pub(super) fn group_norm_chunk(len: usize) -> usize {
-    len.div_ceil(256).next_multiple_of(256).max(4096)
+/// Values of one (batch, group) per GroupNorm workgroup, for a group split into bands of `lens`
+/// values: 16 per thread at least, more where a group would otherwise span over 256 chunks (the
+/// second pass combines one chunk per thread; each band after the first may end in a part chunk).
+pub(super) fn group_norm_chunk(lens: &[usize]) -> usize {
+    let total: usize = lens.iter().sum();
+    total.div_ceil(257 - lens.len()).next_multiple_of(256).max(4096)
 }
 
 /// GroupNorm of `x` `[B, C, H, W]` with `groups` groups, affine `gamma`/`beta` `[C]`,
 /// statistics in f32, optionally followed by SiLU.
 pub fn group_norm(x: Tensor<4>, gamma: Tensor<1>, beta: Tensor<1>, groups: usize, eps: f64, silu: bool) -> Tensor<4> {
-    let [batch, channels, height, width] = x.dims();
+    group_norm_bands(vec![x], gamma, beta, groups, eps, silu).pop().unwrap()
+}
+
+/// `group_norm` of an activation kept as `bands` of rows (`[B, C, h_i, W]`, top to bottom):
+/// statistics over all of them, so each band comes out as the unsplit one's rows would.
+pub fn group_norm_bands(bands: Vec<Tensor<4>>, gamma: Tensor<1>, beta: Tensor<1>, groups: usize, eps: f64, silu: bool) -> Vec<Tensor<4>> {
+    let [batch, channels, _, width] = bands[0].dims();
     assert!(channels % groups == 0, "group_norm: {channels} channels in {groups} groups");
-    let (x, gamma, beta) = (cube(x), cube(gamma), cube(beta));
-    let client = x.client.clone();
-    let f16 = is_f16(&[&x, &gamma, &beta]);
-    let len = channels / groups * height * width;
-    let chunk = group_norm_chunk(len);
-    let chunks = len.div_ceil(chunk);
-    let stats = empty_device_contiguous_dtype(client.clone(), x.device.clone(), burn::tensor::Shape::new([batch * groups * chunks * 2]), DType::F32);
-    let out = empty_device_contiguous_dtype(client.clone(), x.device.clone(), x.meta.shape().clone(), x.dtype);
-    let [channels, spatial, groups, chunks, chunk] = [channels, height * width, groups, chunks, chunk].map(|v| v as u32);
-    let p = params(&client, &[channels, spatial, groups, silu as u32, (eps as f32).to_bits(), chunks, chunk, 0]);
-    // One workgroup per (chunk, batch and group) in both passes.
-    let count = || CubeCount::Static(chunks, batch as u32 * groups, 1);
+    assert!(bands.len() < 256, "group_norm: {} bands", bands.len());
+    let bands: Vec<_> = bands.into_iter().map(cube).collect();
+    let (gamma, beta) = (cube(gamma), cube(beta));
+    let client = bands[0].client.clone();
+    let f16 = is_f16(&[&bands[0], &gamma, &beta]);
+    let lens: Vec<usize> = bands.iter().map(|b| channels / groups * b.meta.shape()[2] * width).collect();
+    let chunk = group_norm_chunk(&lens);
+    let firsts: Vec<usize> = lens.iter().scan(0, |first, len| Some(std::mem::replace(first, *first + len.div_ceil(chunk)))).collect();
+    let stride = firsts.last().unwrap() + lens.last().unwrap().div_ceil(chunk);
+    let stats = empty_device_contiguous_dtype(client.clone(), bands[0].device.clone(), burn::tensor::Shape::new([batch * groups * stride * 3]), DType::F32);
     let kernel = |name, template| WgslKernel::new(name, template, f16, Dim3::new_1d(256));
-    launch(&client, kernel("group_norm_stats", GROUP_NORM_STATS), count(), [x.handle.clone(), stats.handle.clone(), p.clone()]);
-    launch(&client, kernel("group_norm", GROUP_NORM), count(), [x.handle, gamma.handle, beta.handle, stats.handle, out.handle.clone(), p]);
-    Tensor::from_primitive::<Cube>(out)
+    // One workgroup per (chunk, batch and group) of a band, in both passes.
+    let band_params = |band: &CubeTensor, first: usize| {
+        let height = band.meta.shape()[2];
+        let chunks = (channels / groups * height * width).div_ceil(chunk) as u32;
+        let words = [channels as u32, (height * width) as u32, groups as u32, silu as u32, (eps as f32).to_bits(), chunks, chunk as u32, first as u32, stride as u32];
+        (params(&client, &words), CubeCount::Static(chunks, (batch * groups) as u32, 1))
+    };
+    for (band, first) in bands.iter().zip(&firsts) {
+        let (p, count) = band_params(band, *first);
+        launch(&client, kernel("group_norm_stats", GROUP_NORM_STATS), count, [band.handle.clone(), stats.handle.clone(), p]);
+    }
+    bands
+        .into_iter()
+        .zip(firsts)
+        .map(|(band, first)| {
+            let (p, count) = band_params(&band, first);
+            let out = empty_device_contiguous_dtype(client.clone(), band.device.clone(), band.meta.shape().clone(), band.dtype);
+            let buffers = [band.handle, gamma.handle.clone(), beta.handle.clone(), stats.handle.clone(), out.handle.clone(), p];
+            launch(&client, kernel("group_norm", GROUP_NORM), count, buffers);
+            Tensor::from_primitive::<Cube>(out)
+        })
+        .collect()
 }
 
 /// LayerNorm over the last dimension of `x`, affine `gamma`/`beta` of that width, statistics

@@ -5,6 +5,7 @@
 use burn::tensor::Tensor;
 
 use crate::kernels::{self, Epilogue};
+use crate::models::bands::Bands;
 use crate::weights::{LoadError, Weights};
 
 pub struct Linear {
@@ -168,6 +169,11 @@ impl GroupNorm {
     /// GroupNorm then SiLU, the resnets' usual pair, in one launch.
     pub fn forward_silu(&self, x: Tensor<4>) -> Tensor<4> {
         kernels::group_norm(x, self.weight.clone(), self.bias.clone(), self.groups, self.eps, true)
+    }
+
+    /// `forward_silu` of an activation kept in bands of rows.
+    pub fn forward_silu_bands(&self, x: &Bands) -> Bands {
+        Bands(kernels::group_norm_bands(x.0.clone(), self.weight.clone(), self.bias.clone(), self.groups, self.eps, true))
     }
 }
 

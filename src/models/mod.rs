@@ -3,6 +3,7 @@
 //! nothing of where the weights come from.
 
 pub mod attention;
+pub mod bands;
 pub mod clip_vision;
 pub mod embeddings;
 pub mod layers;

@@ -2,6 +2,7 @@
 
 use burn::tensor::Tensor;
 
+use crate::models::bands::Bands;
 use crate::models::layers::{Conv2d, Conv2dConfig, GroupNorm, Linear};
 use crate::weights::{LoadError, Weights};
 
@@ -74,6 +75,19 @@ impl ResnetBlock2D {
         };
         self.conv2.forward_fused(self.norm2.forward_silu(h), None, Some(shortcut), self.output_scale_factor)
     }
+
+    /// `forward` of an activation kept in bands of rows, for a resnet without a timestep
+    /// embedding (the VAE's).
+    pub fn forward_bands(&self, x: Bands) -> Bands {
+        assert!(self.time_emb_proj.is_none(), "banded resnets take no timestep embedding");
+        let h = self.norm1.forward_silu_bands(&x).convolve3x3(1, None, |band, _| self.conv1.forward_fused(band, None, None, 1.0));
+        let shortcut = match &self.conv_shortcut {
+            Some(conv) => x.map(|band| conv.forward(band)),
+            None => x,
+        };
+        let h = self.norm2.forward_silu_bands(&h);
+        h.convolve3x3(1, Some(&shortcut), |band, residual| self.conv2.forward_fused(band, None, residual, self.output_scale_factor))
+    }
 }
 
 /// A stride-2 3x3 convolution (`downsamplers.0.conv`).
@@ -104,5 +118,10 @@ impl Upsample2D {
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         self.conv.forward_upsampled(x)
+    }
+
+    /// `forward` of an activation kept in bands of rows: each band's rows doubled.
+    pub fn forward_bands(&self, x: Bands) -> Bands {
+        x.convolve3x3(2, None, |band, _| self.conv.forward_upsampled(band))
     }
 }

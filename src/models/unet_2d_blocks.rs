@@ -6,6 +6,7 @@ use burn::tensor::Tensor;
 
 use crate::models::attention::Attention;
 use crate::models::layers::GroupNorm;
+use crate::models::bands::Bands;
 use crate::models::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
 use crate::models::transformer_2d::Transformer2DModel;
 use crate::weights::{LoadError, Weights};
@@ -263,7 +264,12 @@ impl UpDecoderBlock2D {
         })
     }
 
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        upsample(&self.upsampler, self.resnets.iter().fold(x, |x, r| r.forward(x, None)))
+    /// The block on an activation kept in bands of rows (the decoder's are the largest).
+    pub fn forward_bands(&self, x: Bands) -> Bands {
+        let x = self.resnets.iter().fold(x, |x, r| r.forward_bands(x));
+        match &self.upsampler {
+            Some(up) => up.forward_bands(x),
+            None => x,
+        }
     }
 }

@@ -162,10 +162,12 @@ impl ImageVariationPipeline {
         if w == 0 || h == 0 || w % multiple != 0 || h % multiple != 0 || w > 2048 || h > 2048 {
             return bad(format!("size {w}x{h} must be multiples of {multiple}, at most 2048"));
         }
-        let (needed, allowed) = (self.largest_activation_bytes(w, h), self.gpu.capabilities.max_storage_buffer_binding_size);
-        if needed > allowed {
+        if self.decode_bands(1, w, h).is_none() {
+            // A band of one latent row and the rows it reads from its neighbours.
+            let needed = 3 * self.largest_activation_bytes(w, self.vae_scale());
+            let allowed = self.gpu.capabilities.max_storage_buffer_binding_size;
             return bad(format!(
-                "size {w}x{h} needs {} in one GPU buffer and this GPU allows {}: choose a smaller size",
+                "size {w}x{h} needs {} in one GPU buffer even decoded in bands of rows, and this GPU allows {}: choose a smaller size",
                 human_bytes(needed),
                 human_bytes(allowed)
             ));
@@ -183,6 +185,13 @@ impl ImageVariationPipeline {
 
     fn largest_activation_bytes(&self, width: usize, height: usize) -> u64 {
         (self.vae.config().largest_activation(width * height) * self.dtype().size()) as u64
+    }
+
+    /// Bands of rows the VAE decodes `batch` images of `width` x `height` in, so that each of its
+    /// activations fits one storage binding (`AutoencoderKLDecoder::bands_for`).
+    pub fn decode_bands(&self, batch: usize, width: usize, height: usize) -> Option<usize> {
+        let latent = [height / self.vae_scale(), width / self.vae_scale()];
+        self.vae.bands_for(batch, latent, self.dtype().size(), self.gpu.capabilities.max_storage_buffer_binding_size)
     }
 
     /// Generates `options.n` variations of `image`, in as few batches as the device allows.
@@ -272,7 +281,10 @@ impl ImageVariationPipeline {
     /// Decodes latents to 8-bit RGB: `(x / 2 + 0.5).clamp(0, 1)`, then `round(x * 255)` with
     /// ties to even, as numpy does in diffusers' postprocessing.
     pub async fn decode(&self, latents: Tensor<4>) -> Result<Vec<RgbImage>, PipelineError> {
-        let decoded = self.vae.decode(latents.cast(self.dtype())).cast(DType::F32);
+        let [batch, _, latent_height, latent_width] = latents.dims();
+        let scale = self.vae_scale();
+        let bands = self.decode_bands(batch, latent_width * scale, latent_height * scale).unwrap_or(latent_height);
+        let decoded = self.vae.decode(latents.cast(self.dtype()), bands).cast(DType::F32);
         let [n, c, h, w] = decoded.dims();
         let pixels = decoded.div_scalar(2.0).add_scalar(0.5).clamp(0.0, 1.0).mul_scalar(255.0).permute([0, 2, 3, 1]);
         let data = pixels.into_data_async().await.map_err(|e| PipelineError::Gpu(format!("{e:?}")))?;
@@ -405,8 +417,9 @@ mod tests {
         });
     }
 
-    /// The VAE's widest activation must fit one storage binding: batches are sized by it, and a
-    /// size whose single image does not fit is refused with both figures.
+    /// The VAE's widest activation sizes the batches; where one image's does not fit a storage
+    /// binding, the decoder works in bands of rows; a size whose every band would be too wide
+    /// is refused with both figures.
     #[test]
     fn sizes_and_batches_respect_the_storage_binding_limit() {
         pollster::block_on(async {
@@ -414,11 +427,39 @@ mod tests {
             gpu.capabilities.max_storage_buffer_binding_size = 8 << 20;
             let pipeline = ImageVariationPipeline::load(&tiny_model(None), &gpu).await.unwrap();
             // The tiny VAE's last block takes 32 channels at full resolution: 2 MiB in f32 at
-            // 128x128, so 4 images per batch.
-            assert_eq!(pipeline.max_batch(128, 128), 4);
+            // 128x128, so 4 images per batch, decoded in 2 bands (a band keeps room for the two
+            // latent rows it may read from its neighbours).
+            assert_eq!((pipeline.max_batch(128, 128), pipeline.decode_bands(4, 128, 128)), (4, Some(2)));
+            // 512 MiB at 2048x2048: bands of 2 latent rows (2 MiB each, with 4 MiB of neighbours).
+            assert_eq!(pipeline.decode_bands(1, 2048, 2048), Some(128));
+            gpu.capabilities.max_storage_buffer_binding_size = 4 << 20;
+            let narrow = ImageVariationPipeline::load(&tiny_model(None), &gpu).await.unwrap();
             let options = GenerateOptions { size: Some((2048, 2048)), ..Default::default() };
-            let err = pipeline.generate(&input(), &options, &mut |_| true).await.err().unwrap();
-            assert!(err.to_string().contains("needs 536.9 MB in one GPU buffer and this GPU allows 8.4 MB"), "{err}");
+            let err = narrow.generate(&input(), &options, &mut |_| true).await.err().unwrap();
+            assert!(err.to_string().contains("needs 6.3 MB in one GPU buffer even decoded in bands of rows, and this GPU allows 4.2 MB"), "{err}");
+        });
+    }
+
+    /// Decoding in bands of rows (where one image's activation exceeds a storage binding) gives
+    /// the image the whole decode gives.
+    #[test]
+    fn a_decode_in_bands_equals_the_whole() {
+        pollster::block_on(async {
+            let gpu = shared_gpu(DTypeChoice::Exactly(ComputeDType::F32)).await;
+            let pipeline = ImageVariationPipeline::load(&tiny_model(None), &gpu).await.unwrap();
+            let latents = crate::testing::upload(&crate::testing::Golden::open("run-pndm.safetensors"), "step5.latents", &gpu);
+            let whole = pipeline.decode(latents.clone()).await.unwrap();
+            let mut narrow = gpu.clone();
+            // 128x128 in f32: 128 kB per latent row at the widest: bands of 2 latent rows.
+            narrow.capabilities.max_storage_buffer_binding_size = 4 * 131_072;
+            let banded = ImageVariationPipeline::load(&tiny_model(None), &narrow).await.unwrap();
+            assert_eq!(banded.decode_bands(1, 128, 128), Some(8));
+            let bands = banded.decode(latents).await.unwrap();
+            assert_eq!(bands.len(), whole.len());
+            for (b, w) in bands.iter().zip(&whole) {
+                let worst = b.pixels.iter().zip(&w.pixels).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+                assert!(worst <= 1, "banded decode differs by {worst} levels");
+            }
         });
     }
 }
