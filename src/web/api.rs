@@ -4,14 +4,14 @@
 
 use std::rc::Rc;
 
-use js_sys::{Function, Reflect, Uint8Array};
+use js_sys::{Array, Function, Object, Reflect, Uint8Array};
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
 use super::errors::{Classified, OptionError};
 use super::fetch::BrowserFetch;
 use super::idb::{self, IdbStore};
-use super::options::{GenerateRequest, LoadOptions, camel_case_keys, parse_dtype, storage_for};
+use super::options::{GenerateRequest, LoadOptions, camel_case, parse_dtype, storage_for};
 use crate::gpu::{self, GpuOptions};
 use crate::hub::{self, CacheEvent, DownloadOptions, HubCache, HubModel, Phase, Storage, Store, Tracker};
 use crate::pipeline::{ImageVariationPipeline, LoadReport, PipelineError, WeightsFrom, preprocess};
@@ -30,8 +30,24 @@ fn js_error(failure: impl Classified) -> JsValue {
 
 /// A report as JavaScript sees it: camelCase keys, `keep` objects as they are.
 fn to_js(value: &impl Serialize, keep: &[&str]) -> Result<JsValue, JsValue> {
-    let json = serde_json::to_value(value).map_err(|e| js_error(OptionError(e.to_string())))?;
-    camel_case_keys(json, keep).serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(|e| js_error(OptionError(e.to_string())))
+    let plain = value.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(|e| js_error(OptionError(e.to_string())))?;
+    Ok(camel_case_keys(plain, keep))
+}
+
+/// A plain object's keys in camelCase (`options::camel_case`), at every depth but under `keep`.
+fn camel_case_keys(value: JsValue, keep: &[&str]) -> JsValue {
+    if Array::is_array(&value) {
+        return Array::from(&value).iter().map(|item| camel_case_keys(item, keep)).collect::<Array>().into();
+    }
+    let Some(object) = value.dyn_ref::<Object>().filter(|_| value.is_object()) else { return value };
+    let renamed = Object::new();
+    for entry in Object::entries(object).iter() {
+        let (key, item) = (Reflect::get_u32(&entry, 0).unwrap_or_default(), Reflect::get_u32(&entry, 1).unwrap_or_default());
+        let key = key.as_string().unwrap_or_default();
+        let item = if keep.contains(&key.as_str()) { item } else { camel_case_keys(item, keep) };
+        let _ = Reflect::set(&renamed, &camel_case(&key).into(), &item);
+    }
+    renamed.into()
 }
 
 /// Options from JavaScript: absent or null is every default.

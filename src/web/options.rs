@@ -3,7 +3,6 @@
 //! camelCase keys of every report handed to JavaScript.
 
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::errors::OptionError;
 use crate::gpu::{ComputeDType, DTypeChoice};
@@ -143,24 +142,8 @@ impl GenerateRequest {
     }
 }
 
-/// A report's keys as JavaScript spells them (`overall_done` → `overallDone`), at every depth
-/// except under `keep` (a nested object handed over as it is).
-pub fn camel_case_keys(value: Value, keep: &[&str]) -> Value {
-    match value {
-        Value::Object(map) => Value::Object(
-            map.into_iter()
-                .map(|(key, value)| {
-                    let value = if keep.contains(&key.as_str()) { value } else { camel_case_keys(value, keep) };
-                    (camel_case(&key), value)
-                })
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(items.into_iter().map(|v| camel_case_keys(v, keep)).collect()),
-        other => other,
-    }
-}
-
-fn camel_case(key: &str) -> String {
+/// A report's key as JavaScript spells it (`overall_done` → `overallDone`).
+pub fn camel_case(key: &str) -> String {
     let mut parts = key.split('_');
     let first = parts.next().unwrap_or_default().to_string();
     parts.fold(first, |mut out, part| {
@@ -233,9 +216,9 @@ mod tests {
     }
 
     #[test]
-    fn reports_reach_javascript_in_camel_case() {
-        let value = serde_json::json!({"overall_done": 1, "eta_seconds": null, "files": [{"stored_bytes": 2}], "capabilities": {"shader_f16": true}});
-        let js = camel_case_keys(value, &["capabilities"]);
-        assert_eq!(js, serde_json::json!({"overallDone": 1, "etaSeconds": null, "files": [{"storedBytes": 2}], "capabilities": {"shader_f16": true}}));
+    fn report_keys_reach_javascript_in_camel_case() {
+        for (key, js) in [("overall_done", "overallDone"), ("eta_seconds", "etaSeconds"), ("max_storage_buffer_binding_size", "maxStorageBufferBindingSize"), ("seed", "seed"), ("n", "n")] {
+            assert_eq!(camel_case(key), js);
+        }
     }
 }
