@@ -66,13 +66,15 @@ impl AutoencoderKLDecoder {
 
     /// The fewest bands of latent rows that keep every activation of a decode of `batch`
     /// latents `[latent_height, latent_width]` (with the neighbouring rows each band reads)
-    /// within `max_bytes` at `element_bytes` per value; `None` where one latent row is too wide.
+    /// within `max_bytes` at `element_bytes` per value; `None` where one latent row is too wide
+    /// or it would take more than 255 bands.
     pub fn bands_for(&self, batch: usize, [latent_height, latent_width]: [usize; 2], element_bytes: usize, max_bytes: u64) -> Option<usize> {
         let factor = self.config.scale_factor();
         let per_row = (self.config.largest_activation(latent_width * factor * factor) * batch * element_bytes) as u64;
         // A band reads at most one latent row's worth above and below it.
         let rows = (max_bytes / per_row.max(1)).checked_sub(2).filter(|r| *r > 0)? as usize;
-        Some(latent_height.div_ceil(rows))
+        // GroupNorm combines at most 255 bands' statistics.
+        Some(latent_height.div_ceil(rows)).filter(|bands| *bands < 256)
     }
 }
 
