@@ -100,7 +100,10 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Security-Policy", self.policy)
         self.end_headers()
         if not head:
-            send_file_bytes(target, start, end - start + 1, self.wfile)
+            try:
+                send_file_bytes(target, start, end - start + 1, self.wfile)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the browser went away mid-answer (a reload); nothing to tell it
 
 
 def main():
