@@ -236,6 +236,30 @@ try {
     if (await page.getByAltText("Variation 1 of 1, seed 7").count() !== 0) throw new Error("a cancelled run left results");
   });
 
+  await check("a_lost_gpu_device_is_said_and_the_next_click_generates_from_the_cache", async () => {
+    // The worker's WebGPU device is the one making command encoders: it is caught there and
+    // destroyed mid-run, as a driver reset would.
+    const worker = page.workers().find((w) => w.url().endsWith("/worker.js"));
+    if (!worker) throw new Error(`no pipeline worker among ${page.workers().map((w) => w.url())}`);
+    await worker.evaluate(() => {
+      const create = GPUDevice.prototype.createCommandEncoder;
+      GPUDevice.prototype.createCommandEncoder = function (...args) { self.pipelineDevice = this; return create.apply(this, args); };
+    });
+    await setSettings({ n: 1, steps: 25, seed: 7 });
+    await page.getByRole("button", { name: "Generate" }).click();
+    await page.getByText(/^Step [1-9] of 2\d$/).waitFor({ timeout: 300_000 });
+    await worker.evaluate(() => self.pipelineDevice.destroy());
+    await page.getByText("Stopped by an error.").waitFor({ timeout: 120_000 });
+    const said = await page.locator("#alert-text").textContent();
+    if (!/GPU/.test(said)) throw new Error(`a lost device was reported as: ${said}`);
+    await shot("6-device-lost");
+    await page.getByRole("button", { name: "Dismiss" }).click();
+    await hubPost("/_reset");
+    await generateAndCompare(1, "after a lost device");
+    const requests = await weightRequests(revision);
+    if (requests.length !== 0) throw new Error(`${requests.length} weight requests after a lost device`);
+  });
+
   await check("two_tabs_never_download_the_same_bytes_twice", async () => {
     // Web Locks: the second tab waits for the first, then finds everything cached.
     const twoTabs = `${revision}-tabs`;

@@ -253,6 +253,9 @@ pub struct MemoryHub {
     pub etag: Option<String>,
     pub commit: Option<String>,
     pub asked: std::cell::RefCell<Vec<String>>,
+    /// Answers every request with the whole file and no Content-Length, as a server that
+    /// ignores Range and streams its answers would.
+    pub ignores_range: bool,
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -264,7 +267,7 @@ impl MemoryHub {
         let mut paths = text_paths();
         paths.extend(crate::weights::COMPONENTS.iter().map(|(c, _)| weights_file(c, None)));
         let files = paths.into_iter().map(|p| (p.clone(), std::fs::read(root.join(&p)).unwrap())).collect();
-        Self { files, etag: None, commit: Some("0123456789abcdef0123456789abcdef01234567".into()), asked: Default::default() }
+        Self { files, etag: None, commit: Some("0123456789abcdef0123456789abcdef01234567".into()), asked: Default::default(), ignores_range: false }
     }
 
     /// The revision (or commit) each request asked for, in order.
@@ -290,6 +293,7 @@ impl crate::hub::Fetch for MemoryHub {
         let headers = Headers { etag: etag.map(|e| format!("\"{e}\"")), repo_commit: self.commit.clone(), ..Default::default() };
         let answer = match (self.files.get(path), range) {
             (None, _) => Response::whole(404, headers, b"", None),
+            (Some(body), range) if self.ignores_range => Response::whole(200, headers, body, range.as_ref()),
             (Some(body), Some(r)) if r.start < body.len() as u64 => {
                 let end = r.end.min(body.len() as u64);
                 let content_range = Some(format!("bytes {}-{}/{}", r.start, end - 1, body.len()));

@@ -286,20 +286,20 @@ impl<'a> HubCache<'a> {
 
     async fn plan_file(&self, pinned: &HubModel, component: &str) -> Result<FileEntry, CacheError> {
         let (path, first) = weights_file_of(self.fetch, pinned, component, Some(PREFERRED_VARIANT), self.options.retry).await?;
-        let len = SafetensorsIndex::header_len(first.bytes.as_slice().try_into().map_err(|_| truncated(&path))?, &path)?;
         let url = pinned.url(&path);
+        let size = first.stated_size(&url)?;
+        let len = SafetensorsIndex::header_len(first.bytes.as_slice().try_into().map_err(|_| truncated(&path))?, &path)?;
         let header = super::download(self.fetch, &url, Some(8..8 + len), self.options.retry).await?;
         if header.etag != first.etag {
             return Err(HubError::Changed { url }.into());
         }
-        let index = SafetensorsIndex::parse(&header.bytes, &path, first.file_size)?;
+        let index = SafetensorsIndex::parse(&header.bytes, &path, Some(size))?;
         let unused = unused_prefixes(component);
         let mut tensors = Vec::new();
         for info in index.tensors().into_iter().filter(|t| !is_unused(&t.name, unused)) {
             let (_, _, range) = index.locate(&info.name)?;
             tensors.push(TensorEntry { info, start: range.start, end: range.end });
         }
-        let size = first.file_size.unwrap_or(0);
         let header_crc = crc32fast::hash(&header.bytes);
         Ok(FileEntry { component: component.into(), path, etag: first.etag, size, header_crc, tensors })
     }
@@ -513,6 +513,18 @@ mod tests {
         let tensors = vec![entry("a", 0, 10), entry("b", 10, 20), entry("c", 20, 60), entry("d", 70, 80), entry("e", 80, 85)];
         let ranges: Vec<_> = chunks(0, tensors, 25).iter().map(Chunk::range).collect();
         assert_eq!(ranges, vec![0..20, 20..60, 70..85]);
+    }
+
+    /// Without a stated size, tensors could not be checked to lie inside the file, nor a stored
+    /// file be told whole: such a file is refused by name before anything is stored.
+    #[cfg(not(target_arch = "wasm32"))]
+    #[test]
+    fn a_weight_file_whose_size_the_answer_does_not_state_is_refused() {
+        let hub = crate::testing::MemoryHub { ignores_range: true, ..crate::testing::MemoryHub::tiny_model() };
+        let model = HubModel::parse("owner/model@main", "http://127.0.0.1:9").unwrap();
+        let cache = HubCache { fetch: &hub, store: None, model, storage: Storage::AsStored, options: DownloadOptions::default() };
+        let error = pollster::block_on(cache.prepare(&|_| {})).err().expect("a plan without file sizes");
+        assert!(error.to_string().contains(".safetensors: the answer does not say the file's size"), "{error}");
     }
 
     #[cfg(not(target_arch = "wasm32"))]

@@ -112,6 +112,14 @@ pub struct Download {
     pub commit: Option<String>,
 }
 
+impl Download {
+    /// The file's size as the answer stated it. Without it a stored file or blob could not be
+    /// told complete (a 200 answer cut short looks like a small file), so it is refused.
+    pub fn stated_size(&self, url: &str) -> Result<u64, HubError> {
+        self.file_size.ok_or_else(|| HubError::Invalid(format!("{url}: the answer does not say the file's size")))
+    }
+}
+
 /// `bytes=a-b` answers as `bytes a-b/total`: (a, b + 1, total).
 fn parse_content_range(value: &str) -> Option<(u64, u64, u64)> {
     let (span, total) = value.strip_prefix("bytes ")?.split_once('/')?;

@@ -107,8 +107,7 @@ fn offline(repo: &Path, model: &HubModel) -> Result<PathBuf, HfCacheError> {
 async fn fetch_file(fetch: &dyn Fetch, model: &HubModel, hub: &Path, repo: &Path, snapshot: &Path, path: &str, on_file: OnFile<'_>) -> Result<(), HfCacheError> {
     let url = model.url(path);
     let first = super::download(fetch, &url, Some(0..1), Retry::default()).await?;
-    // Without a stated size the blob could not be told complete (a 200 answer cut after the range).
-    let size = first.file_size.ok_or_else(|| HubError::Invalid(format!("{url}: the answer does not say the file's size")))?;
+    let size = first.stated_size(&url)?;
     let etag = first.etag.clone().ok_or_else(|| HubError::Invalid(format!("{url}: no ETag")))?;
     let etag = digest(&etag, "ETag", &url)?.to_string();
     let blobs = repo.join("blobs");
