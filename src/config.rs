@@ -198,9 +198,11 @@ impl UNetConfig {
         if let PerBlock::Each(each) = heads {
             rules.require(each.len() == blocks, key, each, &format!("one per block_out_channels entry ({blocks})"))?;
         }
-        // The blocks with attention, and the mid block (the last block's heads and width).
-        let attended = self.down_block_types.iter().enumerate().filter(|(_, t)| t.starts_with("CrossAttn")).map(|(i, _)| i);
-        for block in attended.chain([blocks - 1]) {
+        // The blocks with attention, down and up (up block i has block n-1-i's heads and
+        // width), and the mid block (the last block's heads and width).
+        let with_attention = |types: &[String]| types.iter().enumerate().filter(|(_, t)| t.starts_with("CrossAttn")).map(|(i, _)| i).collect::<Vec<_>>();
+        let up = with_attention(&self.up_block_types).into_iter().filter_map(|i| (blocks - 1).checked_sub(i));
+        for block in with_attention(&self.down_block_types).into_iter().chain(up).chain([blocks - 1]) {
             let (heads, channels) = (self.heads(block), self.block_out_channels[block]);
             rules.require(heads > 0 && channels.is_multiple_of(heads), key, heads, &format!("block {block}'s {channels} channels must split evenly into its heads"))?;
         }
@@ -543,13 +545,10 @@ impl ModelIndex {
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
+    use crate::testing::tiny_text as tiny;
 
     fn real(path: &str) -> String {
         std::fs::read_to_string(format!("{}/configs/sd-image-variations-diffusers/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
-    }
-
-    fn tiny(path: &str) -> String {
-        std::fs::read_to_string(crate::testing::fixture_path(&format!("tiny-sd-image-variations/{path}"))).unwrap()
     }
 
     #[test]
@@ -594,6 +593,17 @@ mod tests {
         let mut config: Value = serde_json::from_str(&real(path)).unwrap();
         config[key] = value;
         config.to_string()
+    }
+
+    /// Up blocks take their heads from the down block of the same width: a block without
+    /// attention going down may still have it coming up.
+    #[test]
+    fn heads_of_an_up_block_with_attention_must_split_its_width() {
+        let mut config: Value = serde_json::from_str(&real("unet/config.json")).unwrap();
+        config["down_block_types"] = serde_json::json!(["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]);
+        config["attention_head_dim"] = serde_json::json!([7, 8, 8, 8]);
+        let err = UNetConfig::from_json(&config.to_string()).unwrap_err().to_string();
+        assert!(err.contains("`attention_head_dim` = 7: block 0's 320 channels must split evenly into its heads"), "{err}");
     }
 
     #[test]

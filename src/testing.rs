@@ -197,6 +197,12 @@ pub fn fixture_path(rel: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
 }
 
+/// A text file of the tiny fixture model, e.g. `unet/config.json`.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn tiny_text(path: &str) -> String {
+    std::fs::read_to_string(fixture_path(&format!("tiny-sd-image-variations/{path}"))).unwrap()
+}
+
 /// The tiny fixture model, fp32 files or the "fp16" variant.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn tiny_model(variant: Option<&str>) -> crate::weights::source::ModelDir {

@@ -6,11 +6,10 @@ use burn::tensor::{DType, Tensor, TensorData};
 use super::*;
 use crate::torch_rng::BatchNoise;
 use crate::gpu::{ComputeDType, DTypeChoice};
-use crate::testing::{Golden, assert_close, fixture_path, read, shared_gpu};
+use crate::testing::{Golden, assert_close, read, shared_gpu, tiny_text};
 
 fn real_config() -> SchedulerConfig {
-    let text = std::fs::read_to_string(fixture_path("tiny-sd-image-variations/scheduler/scheduler_config.json")).unwrap();
-    SchedulerConfig::from_json(&text).unwrap()
+    SchedulerConfig::from_json(&tiny_text("scheduler/scheduler_config.json")).unwrap()
 }
 
 const SEED: u64 = 2026;
