@@ -11,7 +11,8 @@ tests/fixtures/ from scratch:
     the keys the real repo's configs have (configs/sd-image-variations-diffusers/);
   - input.png, input-rgba.png: the test pictures;
   - golden/: tensors and PNGs from the reference pipeline, and a manifest of how they were made.
-Everything is seeded: a second run writes the same bytes.
+Everything is seeded: a second run on the same machine writes the same bytes (another CPU can
+round a few float results differently in the last bit, e.g. the Euler sigmas).
 """
 
 import functools
@@ -65,7 +66,8 @@ RANDN_STREAM = (7, [[5], [3], [17], [2, 4, 16, 16], [1]])  # consecutive draws o
 
 
 def ensure_venv():
-    """Re-runs this script inside its pinned virtualenv, creating it when needed."""
+    """Re-runs the running script (this one, or one that imports it) inside the pinned
+    virtualenv, creating it when needed."""
     if Path(sys.prefix).resolve() == VENV.resolve():
         return
     python = VENV / "bin" / "python"
@@ -73,7 +75,7 @@ def ensure_venv():
         print(f"creating {VENV}", file=sys.stderr)
         subprocess.check_call([sys.executable, "-m", "venv", str(VENV)])
     subprocess.check_call([str(python), "-m", "pip", "install", "-q", *PINNED])
-    os.execv(str(python), [str(python), __file__, *sys.argv[1:]])
+    os.execv(str(python), [str(python), os.path.abspath(sys.argv[0]), *sys.argv[1:]])
 
 
 def main():
@@ -173,7 +175,8 @@ def build_tiny_model(torch):
     clip_config = clip.config.to_dict()
     clip_config.update(architectures=["CLIPVisionModelWithProjection"], torch_dtype="float32")
     write_config_like_real("image_encoder/config.json", clip_config)
-    rename_vae_attention_to_legacy()
+    rename_vae_attention_to_legacy(MODEL / "vae")
+    add_position_ids(torch, MODEL / "image_encoder", clip.config)
 
     for path in ("scheduler/scheduler_config.json", "feature_extractor/preprocessor_config.json"):
         (MODEL / path).parent.mkdir(parents=True, exist_ok=True)
@@ -208,12 +211,12 @@ def write_config_like_real(path, config):
     (MODEL / path).write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
 
 
-def rename_vae_attention_to_legacy():
+def rename_vae_attention_to_legacy(folder):
     """diffusers 0.9 saved the VAE mid-block attention as query/key/value/proj_attn."""
     from safetensors.torch import load_file, save_file
 
     legacy = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
-    for file in (MODEL / "vae").glob("*.safetensors"):
+    for file in folder.glob("*.safetensors"):
         tensors = load_file(file)
         renamed = {}
         for key, value in tensors.items():
@@ -223,6 +226,17 @@ def rename_vae_attention_to_legacy():
             renamed[key] = value
         assert renamed.keys() != tensors.keys()
         save_file(renamed, file, metadata={"format": "pt"})
+
+
+def add_position_ids(torch, folder, config):
+    """transformers before 4.31 saved CLIP's `position_ids` buffer (int64) with the weights."""
+    from safetensors.torch import load_file, save_file
+
+    tokens = (config.image_size // config.patch_size) ** 2 + 1
+    for file in folder.glob("*.safetensors"):
+        tensors = load_file(file)
+        tensors["vision_model.embeddings.position_ids"] = torch.arange(tokens, dtype=torch.int64).unsqueeze(0)
+        save_file(tensors, file, metadata={"format": "pt"})
 
 
 def load_pipeline(torch, variant):
@@ -285,10 +299,10 @@ def golden_clip(torch, pipe):
     save("clip.safetensors", tensors)
 
 
-def scheduler(torch, name):
+def scheduler(torch, name, model=MODEL):
     import diffusers
 
-    return getattr(diffusers, SCHEDULERS[name]).from_pretrained(MODEL, subfolder="scheduler")
+    return getattr(diffusers, SCHEDULERS[name]).from_pretrained(model, subfolder="scheduler")
 
 
 def golden_schedulers(torch):
@@ -436,7 +450,8 @@ README = """# Test fixtures (generated: do not edit)
 Everything here is written by `scripts/make_fixtures.py` (run by hand: `python3
 scripts/make_fixtures.py`; it makes its own virtualenv) with torch {torch}, torchvision
 {torchvision}, diffusers {diffusers}, transformers {transformers}, Pillow {pillow}, Python
-{python}, on the CPU, single-threaded and deterministic. A second run writes the same bytes.
+{python}, on the CPU, single-threaded and deterministic. A second run on the same machine writes
+the same bytes; another CPU can round a few float results differently in the last bit.
 
 ## `tiny-sd-image-variations/`: a tiny random model in the Hub layout
 The real component classes (`CLIPVisionModelWithProjection`, `UNet2DConditionModel`,
@@ -448,7 +463,9 @@ weights, zero biases) carries seeded noise. Files: fp32 `*.safetensors` and the 
 `*.fp16.safetensors`. Configs keep only the keys of the real repo's configs
 (`configs/sd-image-variations-diffusers/`), so a loader must apply the library defaults; the
 scheduler config is the real file byte for byte. The VAE mid-block attention is stored under the
-legacy names `query/key/value/proj_attn`. There is no safety checker.
+legacy names `query/key/value/proj_attn`, and the CLIP files carry the int64 `position_ids`
+buffer, as the real repo's files (saved by the libraries of late 2022) do. There is no safety
+checker.
 
 ## Inputs
 `input.png` (300x200 RGB, photo-like) and `input-rgba.png` (97x131 RGBA).

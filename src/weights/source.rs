@@ -7,8 +7,10 @@ use crate::weights::{LoadError, TensorSource};
 
 /// The components imvar loads, with the checkpoint prefixes it never needs from each (so they
 /// are neither downloaded nor uploaded): generation decodes latents, so the VAE's encoder half
-/// is left out.
-pub const COMPONENTS: [(&str, &[&str]); 3] = [("image_encoder", &[]), ("unet", &[]), ("vae", &["encoder.", "quant_conv."])];
+/// is left out; CLIP's `position_ids` is an int64 buffer (0, 1, 2, ...) that transformers
+/// before 4.31 saved with the weights, as the real repo's image encoder has it.
+pub const COMPONENTS: [(&str, &[&str]); 3] =
+    [("image_encoder", &["vision_model.embeddings.position_ids"]), ("unet", &[]), ("vae", &["encoder.", "quant_conv."])];
 
 /// The checkpoint prefixes `component` does not need.
 pub fn unused_prefixes(component: &str) -> &'static [&'static str] {

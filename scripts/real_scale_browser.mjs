@@ -1,0 +1,180 @@
+#!/usr/bin/env node
+// The browser half of scripts/check_real_scale: the JS API in headless Chromium (WebGPU on
+// SwiftShader) against the Hub stand-in serving the real-scale model. A first visit downloads
+// everything and generates the given runs; a reload loads from IndexedDB and generates the first
+// run again. Writes OUT/browser.json (timings, load summaries, requests, memory) and the PNGs.
+//
+//   node scripts/real_scale_browser.mjs --model DIR --pkg DIR --runs RUNS.json --out DIR
+//
+// RUNS.json: [{ name, scheduler, n, size, steps, guidance, seed }]. Besides the runs it measures
+// the bounds the figures are held against, in the same session: `curl` fetching the same weight
+// files from the same stand-in, and a raw read of the same IndexedDB records in the same page.
+import { execFileSync, spawn } from "node:child_process";
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { createInterface } from "node:readline";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+const arg = (name) => {
+  const i = process.argv.indexOf(`--${name}`);
+  if (i < 0) throw new Error(`--${name} is required`);
+  return process.argv[i + 1];
+};
+const [model, pkg, runs, out] = [arg("model"), arg("pkg"), JSON.parse(readFileSync(arg("runs"), "utf8")), arg("out")];
+mkdirSync(out, { recursive: true });
+const children = [];
+
+/** Starts a Python server and resolves with the URL it prints. */
+function serve(args, prefix) {
+  const child = spawn("python3", [...args, "--port", "0"], { cwd: root, stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, IMVAR_SERVE_QUIET: "1" } });
+  children.push(child);
+  return new Promise((resolve, reject) => {
+    createInterface({ input: child.stdout }).once("line", (line) => {
+      line.startsWith(prefix) ? resolve(line.trim().split(" ").pop().replace(/\/$/, "")) : reject(new Error(`unexpected: ${line}`));
+    });
+    child.once("exit", (code) => reject(new Error(`${args[0]} exited with ${code}`)));
+  });
+}
+
+const blank = mkdtempSync(join(tmpdir(), "imvar-real-scale-page-"));
+writeFileSync(join(blank, "index.html"), "<!doctype html><title>imvar real-scale check</title>\n");
+const app = await serve(["scripts/serve.py", "--mount", `/=${blank}`, "--mount", `/pkg=${pkg}`], "serving on");
+const repo = "imvar-real/sd-image-variations";
+const hub = await serve(["scripts/hub_standin.py", "--repo", `${repo}=${model}`], "hub-standin");
+const hubLog = async () => (await fetch(`${hub}/_log`)).json();
+const hubReset = () => fetch(`${hub}/_reset`, { method: "POST", body: "" });
+
+/** Peak resident memory of Chromium's renderer and GPU processes, sampled every 250 ms. */
+class MemorySampler {
+  constructor() { this.reset(); this.timer = setInterval(() => this.sample(), 250); }
+  reset() { this.peak = { renderer: 0, gpu: 0 }; }
+  sample() {
+    const lines = execFileSync("ps", ["-eo", "rss=,args="], { encoding: "utf8" }).split("\n");
+    const sum = { renderer: 0, gpu: 0 };
+    for (const line of lines) {
+      const kb = Number(line.trim().split(" ")[0]);
+      if (line.includes("--type=renderer")) sum.renderer += kb * 1024;
+      if (line.includes("--type=gpu-process")) sum.gpu += kb * 1024;
+    }
+    for (const k of Object.keys(sum)) this.peak[k] = Math.max(this.peak[k], sum[k]);
+  }
+  take() { this.sample(); const p = this.peak; this.reset(); return p; }
+  stop() { clearInterval(this.timer); }
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  args: ["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--no-sandbox", "--use-angle=swiftshader", "--enable-webgpu-developer-features"],
+});
+const context = await browser.newContext();
+const page = await context.newPage();
+page.on("console", (m) => { if (m.type() === "error") console.error(`[page] ${m.text()}`); });
+const memory = new MemorySampler();
+const image = readFileSync(join(root, "tests/fixtures/input.png")).toString("base64");
+const revision = `real-scale-${Date.now()}`;
+
+/** In the page: import the package, load the model, run `runs` (twice the first of them when
+ * `again`); every time is in ms from the page's time origin. */
+async function visit(runs, again) {
+  return page.evaluate(async ({ hub, repo, revision, runs, again, image }) => {
+    const t = { start: performance.now() };
+    const api = await import("/pkg/imvar.js");
+    await api.default();
+    t.wasmReady = performance.now();
+    const phases = {};
+    const pipe = await api.ImageVariations.load({
+      endpoint: hub, model: repo, revision,
+      onProgress: (e) => {
+        phases[e.phase] ??= { first: performance.now(), bytes: 0 };
+        Object.assign(phases[e.phase], { last: performance.now(), bytes: e.overallTotal });
+      },
+    });
+    t.loaded = performance.now();
+    const bytes = Uint8Array.from(atob(image), (c) => c.charCodeAt(0));
+    const results = [];
+    for (const run of again ? [runs[0], runs[0]] : runs) {
+      const r = { name: run.name, start: performance.now(), steps: [] };
+      const variations = await pipe.generate(bytes, {
+        n: run.n, steps: run.steps, guidance: run.guidance, seed: run.seed, scheduler: run.scheduler,
+        width: run.size, height: run.size, onStep: () => r.steps.push(performance.now()),
+      });
+      r.end = performance.now();
+      r.pngs = variations.map((v) => btoa(Array.from(v.png, (b) => String.fromCharCode(b)).join("")));
+      results.push(r);
+    }
+    return { t, phases, results, summary: pipe.summary };
+  }, { hub, repo, revision, runs, again, image });
+}
+
+/** In the page: every record of the cache read back one at a time, as loading reads them. */
+async function rawRecordRead() {
+  return page.evaluate(async () => {
+    const request = (r) => new Promise((ok, no) => { r.onsuccess = () => ok(r.result); r.onerror = () => no(r.error); });
+    const start = performance.now();
+    const db = await request(indexedDB.open("imvar"));
+    const store = () => db.transaction("records").objectStore("records");
+    const keys = await request(store().getAllKeys());
+    let bytes = 0;
+    for (const key of keys) bytes += (await request(store().get(key))).byteLength;
+    db.close();
+    return { records: keys.length, bytes, ms: performance.now() - start };
+  });
+}
+
+/** curl fetching each weight file the page asked for, whole, from the same stand-in. */
+function curlBound(paths) {
+  let bytes = 0, seconds = 0;
+  for (const path of paths) {
+    const url = `${hub}/${repo}/resolve/${revision}/${path}`;
+    const [size, time] = execFileSync("curl", ["-sL", "-o", "/dev/null", "-w", "%{size_download} %{time_total}", url], { encoding: "utf8" }).split(" ");
+    bytes += Number(size);
+    seconds += Number(time);
+  }
+  return { files: paths.length, bytes, ms: seconds * 1000 };
+}
+
+const requestsOf = (log) => ({
+  total: log.length,
+  weights: log.filter((e) => e.path.endsWith(".safetensors")).length,
+  weightBytes: log.filter((e) => e.path.endsWith(".safetensors")).reduce((s, e) => s + (e.bytes ?? 0), 0),
+});
+const savePngs = (visitName, result) => {
+  result.results.forEach((r, i) => {
+    r.files = r.pngs.map((png, k) => {
+      const file = join(out, `${visitName}-${i}-${r.name}-${k}.png`);
+      writeFileSync(file, Buffer.from(png, "base64"));
+      return file;
+    });
+    delete r.pngs;
+  });
+};
+
+try {
+  await hubReset();
+  await page.goto(`${app}/`);
+  const first = await visit(runs, false);
+  first.memory = memory.take();
+  const firstLog = await hubLog();
+  first.requests = requestsOf(firstLog);
+  savePngs("first", first);
+  const weightFiles = [...new Set(firstLog.filter((e) => e.path.endsWith(".safetensors")).map((e) => e.path))];
+
+  await hubReset();
+  await page.reload();
+  const second = await visit(runs, true);
+  second.memory = memory.take();
+  second.requests = requestsOf(await hubLog());
+  savePngs("reload", second);
+  const raw = await rawRecordRead();
+  const curl = curlBound(weightFiles);
+  const report = { first, second, raw, curl, chromium: browser.version() };
+  writeFileSync(join(out, "browser.json"), JSON.stringify(report, null, 2) + "\n");
+  console.log(`browser report in ${join(out, "browser.json")}`);
+} finally {
+  memory.stop();
+  await browser.close();
+  for (const c of children) c.kill();
+}
