@@ -156,19 +156,13 @@ def build_tiny_model(torch):
         "block_out_channels": VAE_CHANNELS,
         "norm_num_groups": NORM_GROUPS,
     })
-    clip_kwargs = {k: v for k, v in strip_meta(clip_real).items() if k not in ("architectures", "model_type", "torch_dtype")}
-    clip = CLIPVisionModelWithProjection(CLIPVisionConfig(**{**clip_kwargs, **CLIP, "projection_dim": CROSS_DIM}))
+    clip = CLIPVisionModelWithProjection(CLIPVisionConfig(**{**clip_arguments(clip_real), **CLIP, "projection_dim": CROSS_DIM}))
     for model in (unet, vae, clip):
         perturb_constant_parameters(torch, model)
 
     # fp32 and fp16 weights; configs cut down to the real repo's keys.
-    for name, model in (("unet", unet), ("vae", vae)):
-        model.save_pretrained(MODEL / name, safe_serialization=True)
-        model.to(torch.float16).save_pretrained(MODEL / name, safe_serialization=True, variant="fp16")
-        model.to(torch.float32)
-    clip.save_pretrained(MODEL / "image_encoder", safe_serialization=True)
-    clip.to(torch.float16).save_pretrained(MODEL / "image_encoder", safe_serialization=True, variant="fp16")
-    clip.to(torch.float32)
+    for name, model in (("unet", unet), ("vae", vae), ("image_encoder", clip)):
+        save_both_variants(torch, model, MODEL / name)
 
     write_config_like_real("unet/config.json", unet.config)
     write_config_like_real("vae/config.json", vae.config)
@@ -190,6 +184,18 @@ def build_tiny_model(torch):
 
 def strip_meta(config):
     return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
+def clip_arguments(config):
+    """A CLIP vision config file's keys that CLIPVisionConfig takes."""
+    return {k: v for k, v in strip_meta(config).items() if k not in ("architectures", "model_type", "torch_dtype")}
+
+
+def save_both_variants(torch, model, folder):
+    """fp32 files and the fp16 variant (the model is left rounded to fp16, in float32)."""
+    model.save_pretrained(folder, safe_serialization=True)
+    model.to(torch.float16).save_pretrained(folder, safe_serialization=True, variant="fp16")
+    model.to(torch.float32)
 
 
 def perturb_constant_parameters(torch, model):

@@ -12,9 +12,10 @@ about 7.5 GB to DIR (default ~/.cache/imvar/real-scale), outside the repository:
     and CLIP's `position_ids` buffer, as the real files hold them (both saved by the libraries of
     late 2022). No safety checker: model_index.json names one, as the real one does, and imvar
     must never ask for it.
-  - golden/: the pipeline's PNGs from both file variants (loaded as float32), for every
-    scheduler at 128x128, n = 1 and 2, and at the model's own 512x512; manifest.json says how each
-    was made, with its saturation figures.
+  - golden/: the pipeline's PNGs (`RUNS` below): every scheduler at 128x128 from the fp32 files,
+    n = 2 for PNDM and Euler a, the fp16 files (loaded as float32) for PNDM and DPM++ 2M, and
+    PNDM at the model's own 512x512; manifest.json says how each was made, with its saturation
+    figures.
 Random weights can clip a whole picture to black or white, which would hide errors; every
 reference image is checked for that (and for being flat) before it is written.
 """
@@ -71,25 +72,17 @@ def build_model(torch, model):
     torch.manual_seed(fx.SEED)
     unet = UNet2DConditionModel(**fx.strip_meta(fx.real_config("unet/config.json")))
     vae = AutoencoderKL(**fx.strip_meta(fx.real_config("vae/config.json")))
-    clip_config = {k: v for k, v in fx.strip_meta(fx.real_config("image_encoder/config.json")).items()
-                   if k not in ("architectures", "model_type", "torch_dtype")}
-    clip = CLIPVisionModelWithProjection(CLIPVisionConfig(**clip_config))
+    clip = CLIPVisionModelWithProjection(CLIPVisionConfig(**fx.clip_arguments(fx.real_config("image_encoder/config.json"))))
     for part in (unet, vae, clip):
         fx.perturb_constant_parameters(torch, part)
     for name, part in (("unet", unet), ("vae", vae), ("image_encoder", clip)):
-        save_both_variants(torch, part, model / name)
+        fx.save_both_variants(torch, part, model / name)
     fx.rename_vae_attention_to_legacy(model / "vae")
     fx.add_position_ids(torch, model / "image_encoder", clip.config)
     for config in model.rglob("config.json"):  # save_pretrained rewrote them; the real ones win
         shutil.copyfile(fx.REAL / config.relative_to(model), config)
     for junk in model.rglob("generation_config.json"):
         junk.unlink()
-
-
-def save_both_variants(torch, part, folder):
-    part.save_pretrained(folder, safe_serialization=True)
-    part.to(torch.float16).save_pretrained(folder, safe_serialization=True, variant="fp16")
-    part.to(torch.float32)
 
 
 def reference_runs(torch, model, golden):

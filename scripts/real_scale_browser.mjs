@@ -88,8 +88,8 @@ async function visit(runs, again) {
     const pipe = await api.ImageVariations.load({
       endpoint: hub, model: repo, revision,
       onProgress: (e) => {
-        phases[e.phase] ??= { first: performance.now(), bytes: 0 };
-        Object.assign(phases[e.phase], { last: performance.now(), bytes: e.overallTotal });
+        phases[e.phase] ??= { first: performance.now() };
+        phases[e.phase].last = performance.now();
       },
     });
     t.loaded = performance.now();
