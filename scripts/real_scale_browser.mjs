@@ -2,15 +2,17 @@
 // The browser half of scripts/check_real_scale: the JS API in headless Chromium (WebGPU on
 // SwiftShader) against the Hub stand-in serving the real-scale model. A first visit downloads
 // everything and generates the given runs; a reload loads from IndexedDB and generates the first
-// run again. Writes OUT/browser.json (timings, load summaries, requests, memory) and the PNGs.
+// run again, then once more with one step (the first step with the shaders compiled). Writes
+// OUT/browser.json (timings, load summaries, requests, memory) and the PNGs.
 //
 //   node scripts/real_scale_browser.mjs --model DIR --pkg DIR --runs RUNS.json --out DIR
 //
-// RUNS.json: [{ name, scheduler, n, size, steps, guidance, seed }]. Besides the runs it measures
+// RUNS.json: [{ name, scheduler, n, size, steps, guidance, seed }], possibly empty (loading is
+// measured alone). Besides the runs it measures
 // the bounds the figures are held against, in the same session: `curl` fetching the same weight
 // files from the same stand-in, and a raw read of the same IndexedDB records in the same page.
 import { execFileSync, spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { createInterface } from "node:readline";
 import { dirname, join } from "node:path";
@@ -65,22 +67,64 @@ class MemorySampler {
   stop() { clearInterval(this.timer); }
 }
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+/** CPU seconds used by each kind of process (Chromium's renderer, GPU, network and storage
+ * services, the rest of the browser, the Hub stand-in), sampled every 250 ms with the time. */
+class CpuSampler {
+  constructor() { this.series = []; this.timer = setInterval(() => this.sample(), 250); this.sample(); }
+  static kind(args) {
+    if (args.includes("hub_standin")) return "standin";
+    if (!args.includes("chromium")) return null;
+    if (args.includes("--type=renderer")) return "renderer";
+    if (args.includes("--type=gpu-process")) return "gpu";
+    if (args.includes("network.mojom.NetworkService")) return "network";
+    if (args.includes("storage.mojom.StorageService")) return "storage";
+    return args.includes("--type=") ? "other" : "browser";
+  }
+  sample() {
+    const seconds = {};
+    for (const pid of readdirSync("/proc").filter((d) => /^\d+$/.test(d))) {
+      try {
+        const kind = CpuSampler.kind(readFileSync(`/proc/${pid}/cmdline`, "utf8").replaceAll("\0", " "));
+        if (!kind) continue;
+        const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
+        seconds[kind] = (seconds[kind] ?? 0) + (Number(fields[11]) + Number(fields[12])) / 100;
+      } catch { /* the process ended */ }
+    }
+    this.series.push({ at: Date.now(), seconds });
+  }
+  /** CPU seconds per kind between two times (ms since the epoch), from the nearest samples. */
+  between(from, to) {
+    const near = (at) => this.series.reduce((a, b) => (Math.abs(b.at - at) < Math.abs(a.at - at) ? b : a));
+    const [a, b] = [near(from), near(to)];
+    return Object.fromEntries(Object.keys(b.seconds).map((k) => [k, Math.round((b.seconds[k] - (a.seconds[k] ?? 0)) * 10) / 10]));
+  }
+  stop() { clearInterval(this.timer); }
+}
+
+// A profile on disk, as a person's browser has (an ephemeral context keeps IndexedDB in memory,
+// with a quota far below the model's size), made fresh beside the output and removed at the end.
+const profile = join(out, "profile");
+rmSync(profile, { recursive: true, force: true });
+const executablePath = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const context = await chromium.launchPersistentContext(profile, {
+  executablePath,
   args: ["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--no-sandbox", "--use-angle=swiftshader", "--enable-webgpu-developer-features"],
 });
-const context = await browser.newContext();
-const page = await context.newPage();
+const page = context.pages()[0] ?? await context.newPage();
 page.on("console", (m) => { if (m.type() === "error") console.error(`[page] ${m.text()}`); });
 const memory = new MemorySampler();
+const cpu = new CpuSampler();
+/** CPU seconds per process kind in each phase of a visit (download, load onto the GPU). */
+const cpuByPhase = (visit) => Object.fromEntries(Object.entries(visit.phases).map(([name, p]) =>
+  [name, cpu.between(visit.t.origin + (name === "download" ? visit.t.wasmReady : p.first), visit.t.origin + p.last)]));
 const image = readFileSync(join(root, "tests/fixtures/input.png")).toString("base64");
 const revision = `real-scale-${Date.now()}`;
 
-/** In the page: import the package, load the model, run `runs` (twice the first of them when
- * `again`); every time is in ms from the page's time origin. */
-async function visit(runs, again) {
-  return page.evaluate(async ({ hub, repo, revision, runs, again, image }) => {
-    const t = { start: performance.now() };
+/** In the page: import the package, load the model, generate `runs`; every time is in ms from
+ * the page's time origin. */
+async function visit(runs) {
+  return page.evaluate(async ({ hub, repo, revision, runs, image }) => {
+    const t = { origin: performance.timeOrigin, start: performance.now() };
     const api = await import("/pkg/imvar.js");
     await api.default();
     t.wasmReady = performance.now();
@@ -95,7 +139,7 @@ async function visit(runs, again) {
     t.loaded = performance.now();
     const bytes = Uint8Array.from(atob(image), (c) => c.charCodeAt(0));
     const results = [];
-    for (const run of again ? [runs[0], runs[0]] : runs) {
+    for (const run of runs) {
       const r = { name: run.name, start: performance.now(), steps: [] };
       const variations = await pipe.generate(bytes, {
         n: run.n, steps: run.steps, guidance: run.guidance, seed: run.seed, scheduler: run.scheduler,
@@ -106,7 +150,7 @@ async function visit(runs, again) {
       results.push(r);
     }
     return { t, phases, results, summary: pipe.summary };
-  }, { hub, repo, revision, runs, again, image });
+  }, { hub, repo, revision, runs, image });
 }
 
 /** In the page: every record of the cache read back one at a time, as loading reads them. */
@@ -153,10 +197,14 @@ const savePngs = (visitName, result) => {
 };
 
 try {
+  // The stand-in hashes every file for its ETags and commit on the first request: done before
+  // the clock starts, as the Hub has its hashes at hand.
+  await fetch(`${hub}/${repo}/resolve/${revision}/model_index.json`);
   await hubReset();
   await page.goto(`${app}/`);
-  const first = await visit(runs, false);
+  const first = await visit(runs);
   first.memory = memory.take();
+  first.cpu = cpuByPhase(first);
   const firstLog = await hubLog();
   first.requests = requestsOf(firstLog);
   savePngs("first", first);
@@ -164,17 +212,20 @@ try {
 
   await hubReset();
   await page.reload();
-  const second = await visit(runs, true);
+  const second = await visit(runs.length ? [runs[0], { ...runs[0], name: "warm-shaders", steps: 1 }] : []);
   second.memory = memory.take();
+  second.cpu = cpuByPhase(second);
   second.requests = requestsOf(await hubLog());
   savePngs("reload", second);
   const raw = await rawRecordRead();
   const curl = curlBound(weightFiles);
-  const report = { first, second, raw, curl, chromium: browser.version() };
+  const report = { first, second, raw, curl, chromium: execFileSync(executablePath, ["--version"], { encoding: "utf8" }).trim() };
   writeFileSync(join(out, "browser.json"), JSON.stringify(report, null, 2) + "\n");
   console.log(`browser report in ${join(out, "browser.json")}`);
 } finally {
   memory.stop();
-  await browser.close();
+  cpu.stop();
+  await context.close();
+  rmSync(profile, { recursive: true, force: true });
   for (const c of children) c.kill();
 }

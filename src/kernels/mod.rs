@@ -121,8 +121,25 @@ type Handle = burn_cubecl::cubecl::server::Handle;
 
 /// Launches `kernel` over `count` workgroups with `buffers` bound in order (group 0).
 fn launch(client: &Client, kernel: WgslKernel, count: CubeCount, buffers: impl IntoIterator<Item = Handle>) {
+    #[cfg(not(target_arch = "wasm32"))]
+    dump_source(&kernel);
     let arguments = buffers.into_iter().fold(KernelArguments::new(), |a, handle| a.with_buffer(handle.binding()));
     client.launch(Box::new(kernel), count, arguments);
+}
+
+/// Natively, with `IMVAR_DUMP_WGSL=DIR` set, the source of every variant launched is written to
+/// DIR, one file per variant: `scripts/check_tint` compiles them with Tint, the browser's WGSL
+/// compiler, which the tests reach for f32 only (SwiftShader has no shader-f16).
+#[cfg(not(target_arch = "wasm32"))]
+fn dump_source(kernel: &WgslKernel) {
+    static DIR: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    let Some(dir) = DIR.get_or_init(|| std::env::var_os("IMVAR_DUMP_WGSL").map(Into::into)) else { return };
+    let source = kernel.source();
+    let dtype = if kernel.f16 { "f16" } else { "f32" };
+    let file = dir.join(format!("{}-{dtype}-{:08x}.wgsl", kernel.name, crc32fast::hash(source.as_bytes())));
+    if !file.exists() {
+        std::fs::write(&file, source).unwrap_or_else(|e| panic!("IMVAR_DUMP_WGSL: {}: {e}", file.display()));
+    }
 }
 
 /// Workgroups per row of a large one-dimensional dispatch: WebGPU allows at most 65,535 per
