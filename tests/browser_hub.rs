@@ -6,13 +6,14 @@
 
 use std::cell::RefCell;
 
-use imvar::hub::{CacheEvent, Phase, Store};
+use imvar::hub::{CacheEvent, Phase, Remembered, Store};
 use imvar::js::{call_global, js_message};
 use imvar::pipeline::preprocess::decode;
 use imvar::pipeline::{GenerateOptions, ImageVariationPipeline};
 use imvar::schedulers::SchedulerKind;
 use imvar::web::idb::IdbStore;
-use imvar::web::{LoadOptions, LoadSummary, load_pipeline};
+use imvar::web::fetch::BrowserFetch;
+use imvar::web::{LoadOptions, LoadSummary, load_pipeline, pending_download};
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
@@ -52,10 +53,15 @@ async fn reset() {
     control("POST", "/_reset", None).await;
 }
 
+/// The stand-in's log for `revision`.
+async fn hub_log(revision: &str) -> Vec<serde_json::Value> {
+    let all: Vec<serde_json::Value> = serde_json::from_str(&control("GET", "/_log", None).await).unwrap();
+    all.into_iter().filter(|e| e["revision"] == revision).collect()
+}
+
 /// The stand-in's log for `revision`, weight-file requests only.
 async fn weight_log(revision: &str) -> Vec<serde_json::Value> {
-    let all: Vec<serde_json::Value> = serde_json::from_str(&control("GET", "/_log", None).await).unwrap();
-    all.into_iter().filter(|e| e["revision"] == revision && e["path"].as_str().unwrap().ends_with(".safetensors")).collect()
+    hub_log(revision).await.into_iter().filter(|e| e["path"].as_str().unwrap().ends_with(".safetensors")).collect()
 }
 
 fn served(log: &[serde_json::Value]) -> u64 {
@@ -80,7 +86,7 @@ fn fresh_database(test: &str) -> String {
 
 async fn load(options: &LoadOptions) -> (ImageVariationPipeline, LoadSummary, Vec<CacheEvent>) {
     let events = RefCell::new(Vec::new());
-    let (pipeline, summary) = load_pipeline(options, &|e| events.borrow_mut().push(e.clone()))
+    let (pipeline, summary) = load_pipeline(options, &BrowserFetch, &|e| events.borrow_mut().push(e.clone()))
         .await
         .unwrap_or_else(|e| panic!("load: {}", js_message(&e)));
     (pipeline, summary, events.into_inner())
@@ -132,6 +138,16 @@ async fn first_visit_downloads_then_reloads_and_offline_use_fetch_no_weights() {
     assert_eq!(generate_and_compare(&pipeline, "reload").await, first);
     drop(pipeline);
 
+    // A reload of the page asks what loading would download, then loads: the Hub is asked once
+    // in all (the model index, whose commit says nothing changed).
+    reset().await;
+    let remembered = Remembered::new(BrowserFetch, std::time::Duration::from_secs(60));
+    let pending = pending_download(&options(revision, &database), &remembered).await.unwrap_or_else(|e| panic!("pending: {}", js_message(&e)));
+    assert_eq!((pending.download_bytes, pending.stored_bytes), (0, summary.stored_bytes));
+    load_pipeline(&options(revision, &database), &remembered, &|_| {}).await.unwrap_or_else(|e| panic!("load: {}", js_message(&e)));
+    let asked: Vec<_> = hub_log(revision).await.iter().map(|e| e["path"].clone()).collect();
+    assert_eq!(asked, ["model_index.json"], "a reload's requests");
+
     // The server goes away: every connection is dropped unanswered. (The demo's end-to-end
     // test generates offline too.)
     fault(serde_json::json!({"revision": revision, "kind": "drop", "times": 1000})).await;
@@ -149,7 +165,7 @@ async fn a_cut_download_resumes_with_what_is_missing_and_a_damaged_record_is_ref
     broken.parallel = Some(1);
     // UNet answers over 200 kB are cut however often they are retried: the download stops.
     fault(serde_json::json!({"revision": revision, "path": "unet/", "kind": "cut", "after": 200_000, "times": 1000})).await;
-    let err = load_pipeline(&broken, &|_| {}).await.err().expect("the cut download fails");
+    let err = load_pipeline(&broken, &BrowserFetch, &|_| {}).await.err().expect("the cut download fails");
     let message = js_message(&err);
     log(&format!("cut download: {message}"));
     assert!(message.starts_with("NetworkError"), "{message}");

@@ -7,7 +7,10 @@ mod standin;
 
 use std::collections::BTreeMap;
 
-use imvar::hub::{CacheError, CachedModel, DownloadOptions, HubCache, HubError, HubModel, Manifest, NativeFetch, Retry, Storage, Store, is_whole};
+use imvar::hub::{
+    CacheError, CachedModel, DownloadOptions, Fetch, HubCache, HubError, HubModel, Manifest, NativeFetch, Remembered, Response, Retry, Storage, Store,
+    is_whole,
+};
 use imvar::weights::{COMPONENTS, ModelSource, is_unused, unused_prefixes};
 use standin::memory_store::MemoryStore;
 use standin::{REPO, StandIn, fixtures, weight_requests};
@@ -17,7 +20,7 @@ fn options() -> DownloadOptions {
     DownloadOptions { chunk_bytes: 256 << 10, parallel: 3, retry: Retry { attempts: 4, first_wait: std::time::Duration::from_millis(20) } }
 }
 
-fn cache<'a>(hub: &StandIn, revision: &str, fetch: &'a NativeFetch, store: Option<&'a dyn Store>) -> HubCache<'a> {
+fn cache<'a>(hub: &StandIn, revision: &str, fetch: &'a dyn Fetch, store: Option<&'a dyn Store>) -> HubCache<'a> {
     let model = HubModel::parse(&format!("{REPO}@{revision}"), &hub.url).unwrap();
     HubCache { fetch, store, model, storage: Storage::AsStored, options: options() }
 }
@@ -82,6 +85,58 @@ fn downloads_what_the_pipeline_needs_once_then_serves_from_the_cache() {
     drop(hub);
     // Offline: the cache alone.
     assert_eq!(contents(&prepare(&cache).unwrap()), expected);
+}
+
+/// A platform that says it has no network (a browser whose `navigator.onLine` is false), though
+/// the stand-in still answers.
+struct SaysOffline(NativeFetch);
+
+impl Fetch for SaysOffline {
+    fn get<'a>(&'a self, url: &'a str, range: Option<std::ops::Range<u64>>) -> imvar::LocalFuture<'a, Result<Response, String>> {
+        self.0.get(url, range)
+    }
+
+    fn sleep(&self, duration: std::time::Duration) -> imvar::LocalFuture<'static, ()> {
+        self.0.sleep(duration)
+    }
+
+    fn offline(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn a_return_visit_asks_the_hub_once_online_and_nothing_offline() {
+    let hub = StandIn::start(&[]);
+    let store = MemoryStore::default();
+    let says_offline = SaysOffline(NativeFetch::default());
+    // Said offline with nothing cached: the hint is not trusted, the Hub is asked.
+    let model = prepare(&cache(&hub, "return", &says_offline, Some(&store))).unwrap();
+    assert_eq!(contents(&model), expected());
+
+    // What a load would download, then the load: one request, the model index.
+    hub.reset();
+    let remembered = Remembered::new(NativeFetch::default(), std::time::Duration::from_secs(60));
+    let cache_online = cache(&hub, "return", &remembered, Some(&store));
+    assert_eq!(pollster::block_on(cache_online.pending()).unwrap().download_bytes, 0);
+    assert_eq!(contents(&prepare(&cache_online).unwrap()), expected());
+    let paths: Vec<_> = hub.log("return").iter().map(|e| e["path"].clone()).collect();
+    assert_eq!(paths, ["model_index.json"]);
+
+    // Said offline with the model cached: no request at all.
+    hub.reset();
+    let cache_offline = cache(&hub, "return", &says_offline, Some(&store));
+    assert_eq!(pollster::block_on(cache_offline.pending()).unwrap().download_bytes, 0);
+    assert_eq!(contents(&prepare(&cache_offline).unwrap()), expected());
+    assert_eq!(hub.log("return"), Vec::<serde_json::Value>::new());
+
+    // Said offline with a record missing (an interrupted download): the Hub is asked, and the
+    // download completes.
+    let unet = store.records.borrow().keys().find(|k| k.contains("unet/") && k.ends_with("\nconv_in.weight")).unwrap().clone();
+    store.records.borrow_mut().remove(&unet);
+    assert_eq!(contents(&prepare(&cache_offline).unwrap()), expected());
+    assert!(store.records.borrow().contains_key(&unet));
+    assert!(!hub.log("return").is_empty());
 }
 
 #[test]

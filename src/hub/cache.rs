@@ -201,9 +201,14 @@ impl<'a> HubCache<'a> {
     }
 
     /// The manifest, re-planned when the repo's commit moved (`online`: the Hub answered), or
-    /// the cached one when the Hub is unreachable.
+    /// the cached one when the Hub is unreachable or the platform says it is offline.
     async fn current_manifest(&self) -> Result<Current, CacheError> {
         let before = self.cached_manifest().await?;
+        if self.fetch.offline()
+            && let Some(complete) = self.complete(before.as_ref()).await?
+        {
+            return Ok(Current { manifest: complete.clone(), online: false, new: None });
+        }
         // Few retries here: when this fails the network is down, and a complete cache will do.
         let retry = Retry { attempts: 3, ..self.options.retry };
         match self.text(&self.model.url("model_index.json"), retry).await {
@@ -217,6 +222,12 @@ impl<'a> HubCache<'a> {
             Err(e) if e.is_offline() => before.map(|manifest| Current { manifest, online: false, new: None }).ok_or(e.into()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// `manifest`, where every tensor it lists has a record.
+    async fn complete<'m>(&self, manifest: Option<&'m Manifest>) -> Result<Option<&'m Manifest>, CacheError> {
+        let (Some(store), Some(manifest)) = (self.store, manifest) else { return Ok(None) };
+        Ok(self.missing(store, manifest, None).await?.is_empty().then_some(manifest))
     }
 
     async fn text(&self, url: &str, retry: Retry) -> Result<Text, HubError> {

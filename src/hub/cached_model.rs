@@ -22,7 +22,12 @@ pub struct CachedModel<'a> {
     texts: BTreeMap<String, String>,
     /// Without a store: the last chunk fetched (file index, range, bytes).
     chunk: RefCell<Option<(usize, Range<u64>, Vec<u8>)>>,
+    /// With a store: the record of the tensor after the one last read, asked for ahead (its key
+    /// and the read), so that the store reads it while the caller uploads the current one.
+    ahead: RefCell<Option<(String, Read<'a>)>>,
 }
+
+type Read<'a> = LocalFuture<'a, Result<Option<Vec<u8>>, StoreError>>;
 
 /// A tensor's bytes could not be fetched: `Network` where no answer came (so a page can say
 /// the connection failed), else the Hub's answer named.
@@ -37,23 +42,34 @@ fn store_failed(error: StoreError) -> LoadError {
 
 impl<'a> CachedModel<'a> {
     pub(super) fn new(cache: HubCache<'a>, manifest: Manifest, texts: BTreeMap<String, String>) -> Self {
-        Self { cache, manifest, texts, chunk: RefCell::new(None) }
+        Self { cache, manifest, texts, chunk: RefCell::new(None), ahead: RefCell::new(None) }
     }
 }
 
-impl CachedModel<'_> {
+impl<'a> CachedModel<'a> {
     async fn tensor(&self, file: usize, name: &str) -> Result<RawTensor, LoadError> {
         let entry = &self.manifest.files[file];
-        let tensor = entry.tensors.iter().find(|t| t.info.name == name).ok_or_else(|| LoadError::Io(format!("{name}: not in the plan")))?;
+        let position = entry.tensors.iter().position(|t| t.info.name == name).ok_or_else(|| LoadError::Io(format!("{name}: not in the plan")))?;
+        let tensor = &entry.tensors[position];
         let dtype = self.manifest.storage.dtype_of(tensor.info.dtype);
         let shape = tensor.info.shape.clone();
         let Some(store) = self.cache.store else {
             let bytes = self.streamed(file, tensor).await?;
             return Ok(RawTensor { shape, dtype, bytes: convert(self.manifest.storage, tensor.info.dtype, bytes) });
         };
-        let key = format!("{}{name}", tensor_prefix(&self.manifest.id(), &entry.path));
+        let key = self.record_key(file, name);
+        let read = match self.ahead.borrow_mut().take() {
+            Some((ahead, read)) if ahead == key => read,
+            _ => store.get(&key),
+        };
+        // Loading reads a file's tensors in order: the next one is asked for now.
+        if let Some(next) = entry.tensors.get(position + 1) {
+            let next = self.record_key(file, &next.info.name);
+            let read = store.get(&next);
+            *self.ahead.borrow_mut() = Some((next, read));
+        }
         let identity = entry.identity();
-        let record = store.get(&key).await.map_err(store_failed)?;
+        let record = read.await.map_err(store_failed)?;
         let expected = self.manifest.stored_len(tensor) as usize;
         if let Some(bytes) = record.and_then(|r| payload(&identity, r)).filter(|b| b.len() == expected) {
             return Ok(RawTensor { shape, dtype, bytes });
@@ -63,6 +79,10 @@ impl CachedModel<'_> {
         let bytes = convert(self.manifest.storage, tensor.info.dtype, fetched.bytes);
         store.put(vec![(key, seal_for(&identity, bytes.clone()))]).await.map_err(store_failed)?;
         Ok(RawTensor { shape, dtype, bytes })
+    }
+
+    fn record_key(&self, file: usize, name: &str) -> String {
+        format!("{}{name}", tensor_prefix(&self.manifest.id(), &self.manifest.files[file].path))
     }
 
     /// A tensor's file bytes through a one-chunk buffer: the chunk holding it and the tensors

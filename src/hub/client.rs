@@ -1,9 +1,11 @@
 //! One GET with an optional single range, over whatever `Fetch` the platform gives, with the
 //! answer checked (status, Content-Range, body length) and retried with backoff.
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::ops::Range;
 
-use web_time::Duration;
+use web_time::{Duration, Instant};
 
 use super::HubError;
 use crate::LocalFuture;
@@ -81,6 +83,68 @@ pub trait Fetch {
     /// stalled answer). Keeps only `body_window` of the body.
     fn get<'a>(&'a self, url: &'a str, range: Option<Range<u64>>) -> LocalFuture<'a, Result<Response, String>>;
     fn sleep(&self, duration: Duration) -> LocalFuture<'static, ()>;
+    /// The platform says there is no network at all (the browser's `navigator.onLine` is
+    /// false). Only a hint: a complete cache is then used without asking the Hub, but with
+    /// nothing cached the Hub is asked anyway.
+    fn offline(&self) -> bool {
+        false
+    }
+}
+
+/// Answers to whole-file requests (model indexes and configs: weights are always asked for by
+/// Range) kept for `fresh_for`, so that asking what a load would download and then loading, one
+/// right after the other, ask the Hub once. A push to the repo within that time is seen by the
+/// first load after it.
+pub struct Remembered<F> {
+    fetch: F,
+    fresh_for: Duration,
+    answers: RefCell<BTreeMap<String, (Instant, Response)>>,
+}
+
+impl<F> Remembered<F> {
+    pub fn new(fetch: F, fresh_for: Duration) -> Self {
+        Self { fetch, fresh_for, answers: RefCell::default() }
+    }
+
+    fn fresh(&self, url: &str) -> Option<Response> {
+        let answers = self.answers.borrow();
+        answers.get(url).filter(|(at, _)| at.elapsed() < self.fresh_for).map(|(_, answer)| answer.clone())
+    }
+
+    fn remember(&self, url: &str, answer: &Response) {
+        let mut answers = self.answers.borrow_mut();
+        answers.retain(|_, (at, _)| at.elapsed() < self.fresh_for);
+        answers.insert(url.into(), (Instant::now(), answer.clone()));
+    }
+}
+
+impl<F: Fetch> Fetch for Remembered<F> {
+    fn get<'a>(&'a self, url: &'a str, range: Option<Range<u64>>) -> LocalFuture<'a, Result<Response, String>> {
+        Box::pin(async move {
+            if range.is_some() {
+                return self.fetch.get(url, range).await;
+            }
+            if let Some(answer) = self.fresh(url) {
+                return Ok(answer);
+            }
+            let answer = self.fetch.get(url, None).await;
+            if let Ok(whole) = &answer
+                && whole.status == 200
+                && !whole.truncated
+            {
+                self.remember(url, whole);
+            }
+            answer
+        })
+    }
+
+    fn sleep(&self, duration: Duration) -> LocalFuture<'static, ()> {
+        self.fetch.sleep(duration)
+    }
+
+    fn offline(&self) -> bool {
+        self.fetch.offline()
+    }
 }
 
 /// Retries with exponential backoff: 0.25 s, 0.5 s, 1 s, ... up to 8 s per wait.

@@ -17,7 +17,7 @@ mod store;
 
 pub use cache::{CacheError, CachedEntry, DownloadOptions, HubCache, Pending};
 pub use cached_model::CachedModel;
-pub use client::{Download, Fetch, Headers, MAX_WHOLE_FILE, Response, Retry, body_window, download};
+pub use client::{Download, Fetch, Headers, MAX_WHOLE_FILE, Remembered, Response, Retry, body_window, download};
 pub use manifest::{FileEntry, Manifest, Storage, TensorEntry, f32_to_f16_bytes};
 #[cfg(not(target_arch = "wasm32"))]
 pub use native_fetch::NativeFetch;

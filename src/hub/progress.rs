@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 use web_time::Instant;
 
 /// Which phase progress reports are about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
     /// Fetching tensors (and converting them) into the cache.
     Download,
@@ -14,8 +13,18 @@ pub enum Phase {
     Load,
 }
 
+impl Phase {
+    /// The phase as reports name it: `download` or `load`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Download => "download",
+            Phase::Load => "load",
+        }
+    }
+}
+
 /// A progress report: bytes of one component and of all, with speed and ETA for the phase.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct CacheEvent {
     pub phase: Phase,
     pub component: String,

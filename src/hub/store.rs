@@ -14,7 +14,9 @@ pub enum StoreError {
 
 /// Durable key → bytes records (IndexedDB in the browser, memory in tests).
 pub trait Store {
-    fn get<'a>(&'a self, key: &'a str) -> LocalFuture<'a, Result<Option<Vec<u8>>, StoreError>>;
+    /// The record under `key`. The read starts when `get` is called, not when the future is
+    /// first polled, so a reader can ask for the next record while it handles this one.
+    fn get(&self, key: &str) -> LocalFuture<'_, Result<Option<Vec<u8>>, StoreError>>;
     /// Writes all `records` in one transaction: every record lands whole, or none does.
     fn put(&self, records: Vec<(String, Vec<u8>)>) -> LocalFuture<'_, Result<(), StoreError>>;
     /// Keys starting with `prefix`.

@@ -13,7 +13,7 @@ use super::fetch::BrowserFetch;
 use super::idb::{self, IdbStore};
 use super::options::{GenerateRequest, LoadOptions, camel_case, parse_dtype, storage_for};
 use crate::gpu::{self, GpuOptions};
-use crate::hub::{self, CacheEvent, DownloadOptions, HubCache, HubModel, Phase, Storage, Store, Tracker};
+use crate::hub::{self, CacheEvent, DownloadOptions, Fetch, HubCache, HubModel, Phase, Remembered, Storage, Store, Tracker};
 use crate::pipeline::{ImageVariationPipeline, LoadReport, PipelineError, WeightsFrom, preprocess};
 
 #[wasm_bindgen(start)]
@@ -69,6 +69,12 @@ pub async fn capabilities(dtype: Option<String>) -> Result<JsValue, JsValue> {
     serde_wasm_bindgen::to_value(&gpu.capabilities).map_err(|e| js_error(OptionError(e.to_string())))
 }
 
+/// What `load_pipeline` with these options would download through `fetch`.
+pub async fn pending_download(options: &LoadOptions, fetch: &dyn Fetch) -> Result<hub::Pending, JsValue> {
+    let session = Session::open(options).await?;
+    session.cache(fetch).pending().await.map_err(js_error)
+}
+
 /// What loading did, for reports: the model, where the weights came from, sizes and memory.
 #[derive(Serialize)]
 pub struct LoadSummary {
@@ -87,11 +93,21 @@ pub struct LoadSummary {
     pub capabilities: gpu::Capabilities,
 }
 
-/// Calls a JavaScript callback with a report, ignoring what it returns.
-fn notify(callback: &JsValue, value: &impl Serialize) {
-    if let (Some(callback), Ok(value)) = (callback.dyn_ref::<Function>(), to_js(value, &[])) {
-        let _ = callback.call1(&JsValue::NULL, &value);
-    }
+/// Calls `onProgress` with `{ phase, component, done, total, overallDone, overallTotal,
+/// bytesPerSecond, etaSeconds }`, ignoring what it returns. Built field by field: there is one
+/// report per tensor, and a serde round trip per report took about 30% of a real-size load.
+fn notify_progress(callback: &JsValue, event: &CacheEvent) {
+    let Some(callback) = callback.dyn_ref::<Function>() else { return };
+    let report = js_sys::Object::new();
+    set(&report, "phase", event.phase.name());
+    set(&report, "component", event.component.as_str());
+    set(&report, "done", event.done as f64);
+    set(&report, "total", event.total as f64);
+    set(&report, "overallDone", event.overall_done as f64);
+    set(&report, "overallTotal", event.overall_total as f64);
+    set(&report, "bytesPerSecond", event.bytes_per_second);
+    set(&report, "etaSeconds", event.eta_seconds.map_or(JsValue::NULL, JsValue::from));
+    let _ = callback.call1(&JsValue::NULL, &report);
 }
 
 /// What loading works with: the GPU (its dtype decides how weights are kept), the cache (or
@@ -118,7 +134,7 @@ impl Session {
         Ok(Self { gpu, store, model, storage, download })
     }
 
-    fn cache<'a>(&'a self, fetch: &'a BrowserFetch) -> HubCache<'a> {
+    fn cache<'a>(&'a self, fetch: &'a dyn Fetch) -> HubCache<'a> {
         HubCache {
             fetch,
             store: self.store.as_ref().map(|s| s as &dyn Store),
@@ -127,6 +143,19 @@ impl Session {
             options: self.download,
         }
     }
+}
+
+/// How long the Hub's model index and configs are taken as they were: `pending()` at page start
+/// and the `load()` right after it ask the Hub once.
+const REMEMBER_FOR: web_time::Duration = web_time::Duration::from_secs(60);
+
+/// The `Fetch` of every call from JavaScript (the page's worker runs one module, so `pending()`
+/// and `load()` share what it remembers).
+fn hub_fetch() -> &'static dyn Fetch {
+    thread_local! {
+        static FETCH: &'static Remembered<BrowserFetch> = Box::leak(Box::new(Remembered::new(BrowserFetch, REMEMBER_FOR)));
+    }
+    FETCH.with(|fetch| *fetch)
 }
 
 async fn open_store(database: &str) -> Result<IdbStore, JsValue> {
@@ -138,11 +167,15 @@ fn wasm_memory_bytes() -> u64 {
     memory.buffer().unchecked_into::<js_sys::ArrayBuffer>().byte_length() as u64
 }
 
-/// Downloads (or finds cached) and loads the model, reporting progress through `on_event`.
-pub async fn load_pipeline(options: &LoadOptions, on_event: &dyn Fn(&CacheEvent)) -> Result<(ImageVariationPipeline, LoadSummary), JsValue> {
+/// Downloads (or finds cached) and loads the model through `fetch`, reporting progress through
+/// `on_event`.
+pub async fn load_pipeline(
+    options: &LoadOptions,
+    fetch: &dyn Fetch,
+    on_event: &dyn Fn(&CacheEvent),
+) -> Result<(ImageVariationPipeline, LoadSummary), JsValue> {
     let session = Session::open(options).await?;
-    let fetch = BrowserFetch;
-    let prepared = session.cache(&fetch).prepare(on_event).await.map_err(js_error)?;
+    let prepared = session.cache(fetch).prepare(on_event).await.map_err(js_error)?;
     let manifest = &prepared.manifest;
     let totals = manifest.files.iter().map(|f| (f.component.clone(), manifest.stored_sum(&f.tensors)));
     let mut tracker = Tracker::new(Phase::Load, totals);
@@ -297,8 +330,8 @@ impl ImageVariations {
     pub async fn load(#[wasm_bindgen(unchecked_param_type = "LoadOptions | undefined")] options: JsValue) -> Result<ImageVariations, JsValue> {
         let options: LoadOptions = parse(options)?;
         let on_progress = options.on_progress.clone();
-        let (pipeline, summary) = load_pipeline(&options, &|event| {
-            notify(&on_progress, event);
+        let (pipeline, summary) = load_pipeline(&options, hub_fetch(), &|event| {
+            notify_progress(&on_progress, event);
         })
         .await?;
         Ok(ImageVariations { pipeline: Rc::new(pipeline), summary: to_js(&summary, &["capabilities"])? })
@@ -309,10 +342,7 @@ impl ImageVariations {
     /// estimate's room, or null). Reads the repo's index, configs and weight headers.
     #[wasm_bindgen(unchecked_return_type = "PendingDownload")]
     pub async fn pending(#[wasm_bindgen(unchecked_param_type = "LoadOptions | undefined")] options: JsValue) -> Result<JsValue, JsValue> {
-        let session = Session::open(&parse(options)?).await?;
-        let fetch = BrowserFetch;
-        let pending = session.cache(&fetch).pending().await.map_err(js_error)?;
-        let report = to_js(&pending, &[])?;
+        let report = to_js(&pending_download(&parse(options)?, hub_fetch()).await?, &[])?;
         let available = idb::estimate().await.map(|(usage, quota)| quota.saturating_sub(usage) as f64);
         set(report.unchecked_ref(), "availableBytes", available.map_or(JsValue::NULL, JsValue::from));
         Ok(report)

@@ -13,7 +13,7 @@ use web_sys::{ReferrerPolicy, Request, RequestCache, RequestInit, RequestMode, R
 
 use crate::LocalFuture;
 use crate::hub::{Fetch, Headers, Response, body_window};
-use crate::js::{call_global, call_method, js_message, sleep_ms};
+use crate::js::{call_global, call_method, js_message, navigator_member, sleep_ms};
 
 /// An answer that sends nothing for this long is given up (and retried by `hub::download`): a
 /// stalled server must not hang the tab, nor every tab waiting for the download's lock.
@@ -40,13 +40,15 @@ async fn within_stall(promise: Promise, controller: &JsValue) -> Result<JsValue,
 }
 
 /// The body's bytes in `window`, the bytes skipped before it, and whether the connection
-/// failed or stalled first. The stream is cancelled once the window is full.
-async fn read_window(answer: &JsResponse, window: Range<u64>, controller: &JsValue) -> (Vec<u8>, u64, bool) {
+/// failed or stalled first. The stream is cancelled once the window is full. Room for
+/// `expected` bytes (at most the window) is made once, so each piece is copied once.
+async fn read_window(answer: &JsResponse, window: Range<u64>, expected: u64, controller: &JsValue) -> (Vec<u8>, u64, bool) {
     let stream = Reflect::get(answer, &"body".into()).unwrap_or(JsValue::NULL);
     let Some(reader) = (!stream.is_null()).then(|| call_method(&stream, "getReader", &[])).flatten() else {
         return (Vec::new(), 0, false);
     };
-    let (mut body, mut position, mut truncated) = (Vec::new(), 0u64, false);
+    let capacity = expected.min(window.end - window.start) as usize;
+    let (mut body, mut position, mut truncated) = (Vec::with_capacity(capacity), 0u64, false);
     while position < window.end {
         let Some(read) = call_method(&reader, "read", &[]).and_then(|p| p.dyn_into::<Promise>().ok()) else {
             truncated = true;
@@ -66,7 +68,9 @@ async fn read_window(answer: &JsResponse, window: Range<u64>, controller: &JsVal
         let end = position + chunk.length() as u64;
         let (from, to) = (window.start.clamp(position, end), window.end.clamp(position, end));
         if from < to {
-            body.extend(chunk.subarray((from - position) as u32, (to - position) as u32).to_vec());
+            let at = body.len();
+            body.resize(at + (to - from) as usize, 0);
+            chunk.subarray((from - position) as u32, (to - position) as u32).copy_to(&mut body[at..]);
         }
         position = end;
     }
@@ -95,7 +99,8 @@ async fn get(url: &str, range: Option<Range<u64>>) -> Result<Response, String> {
     let header = |name: &str| answer.headers().get(name).ok().flatten();
     let headers = Headers::read(header);
     let status = answer.status();
-    let (body, skipped, truncated) = read_window(&answer, body_window(status, range.as_ref()), &controller).await;
+    let stated = headers.content_length.as_deref().and_then(|l| l.trim().parse().ok()).unwrap_or(0);
+    let (body, skipped, truncated) = read_window(&answer, body_window(status, range.as_ref()), stated, &controller).await;
     Ok(Response { status, headers, body, skipped, truncated })
 }
 
@@ -106,5 +111,9 @@ impl Fetch for BrowserFetch {
 
     fn sleep(&self, duration: web_time::Duration) -> LocalFuture<'static, ()> {
         Box::pin(sleep_ms(duration.as_millis().min(i32::MAX as u128) as i32))
+    }
+
+    fn offline(&self) -> bool {
+        navigator_member("onLine").and_then(|online| online.as_bool()) == Some(false)
     }
 }

@@ -29,10 +29,11 @@ fn classify(error: JsValue) -> StoreError {
     if name.as_deref() == Some("QuotaExceededError") { StoreError::Quota } else { other(error) }
 }
 
-/// Waits until `target` fires `success` (true) or `failure` (false). The listeners hold only a
-/// promise's resolve/reject functions (never the request, whose result may be a whole tensor)
-/// and are removed once it settles, so nothing outlives the await.
-async fn fired(target: &EventTarget, success: &str, failure: &str) -> bool {
+/// Settles when `target` fires `success` (true) or `failure` (false). It listens from the call
+/// on, so the future may be awaited later (an event fired before then is not missed). The
+/// listeners hold only a promise's resolve/reject functions (never the request, whose result may
+/// be a whole tensor) and are removed once it settles, so nothing outlives the await.
+fn fired(target: &EventTarget, success: &'static str, failure: &'static str) -> impl Future<Output = bool> + 'static {
     let (mut resolve, mut reject) = (None, None);
     let promise = Promise::new(&mut |yes, no| {
         resolve = Some(yes);
@@ -41,23 +42,29 @@ async fn fired(target: &EventTarget, success: &str, failure: &str) -> bool {
     let (resolve, reject) = (resolve.unwrap(), reject.unwrap());
     let on_success = Closure::<dyn FnMut()>::new(move || drop(resolve.call0(&JsValue::NULL)));
     let on_failure = Closure::<dyn FnMut()>::new(move || drop(reject.call0(&JsValue::NULL)));
-    let listeners = [(success, &on_success), (failure, &on_failure)];
-    for (event, listener) in listeners {
+    for (event, listener) in [(success, &on_success), (failure, &on_failure)] {
         let _ = target.add_event_listener_with_callback(event, listener.as_ref().unchecked_ref());
     }
-    let succeeded = JsFuture::from(promise).await.is_ok();
-    for (event, listener) in listeners {
-        let _ = target.remove_event_listener_with_callback(event, listener.as_ref().unchecked_ref());
+    let target = target.clone();
+    async move {
+        let succeeded = JsFuture::from(promise).await.is_ok();
+        for (event, listener) in [(success, &on_success), (failure, &on_failure)] {
+            let _ = target.remove_event_listener_with_callback(event, listener.as_ref().unchecked_ref());
+        }
+        succeeded
     }
-    succeeded
 }
 
-/// Settles when `request` succeeds (with its result) or fails (with its error).
-async fn settle(request: &IdbRequest) -> Result<JsValue, JsValue> {
-    if fired(request, "success", "error").await {
-        request.result()
-    } else {
-        Err(request.error().ok().flatten().map(JsValue::from).unwrap_or(JsValue::NULL))
+/// Settles when `request` succeeds (with its result) or fails (with its error); listens from
+/// the call on, as `fired`.
+fn settle(request: &IdbRequest) -> impl Future<Output = Result<JsValue, JsValue>> + 'static {
+    let (request, fired) = (request.clone(), fired(request, "success", "error"));
+    async move {
+        if fired.await {
+            request.result()
+        } else {
+            Err(request.error().ok().flatten().map(JsValue::from).unwrap_or(JsValue::NULL))
+        }
     }
 }
 
@@ -112,10 +119,13 @@ impl IdbStore {
         Ok((transaction, store))
     }
 
-    async fn get_record(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let (_, store) = self.records(IdbTransactionMode::Readonly)?;
-        let value = settle(&store.get(&key.into()).map_err(other)?).await.map_err(other)?;
-        Ok(value.dyn_into::<Uint8Array>().ok().map(|a| a.to_vec()))
+    /// Asks for the record at once; the future only waits for it.
+    fn get_record(&self, key: &str) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + 'static {
+        let settled = self.records(IdbTransactionMode::Readonly).and_then(|(_, store)| store.get(&key.into()).map_err(other)).map(|r| settle(&r));
+        async move {
+            let value = settled?.await.map_err(other)?;
+            Ok(value.dyn_into::<Uint8Array>().ok().map(|a| a.to_vec()))
+        }
     }
 
     async fn put_records(&self, records: Vec<(String, Vec<u8>)>) -> Result<(), StoreError> {
@@ -145,7 +155,7 @@ impl IdbStore {
 }
 
 impl Store for IdbStore {
-    fn get<'a>(&'a self, key: &'a str) -> LocalFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+    fn get(&self, key: &str) -> LocalFuture<'_, Result<Option<Vec<u8>>, StoreError>> {
         Box::pin(self.get_record(key))
     }
 

@@ -16,5 +16,5 @@ pub mod heap;
 pub mod idb;
 
 #[cfg(target_arch = "wasm32")]
-pub use api::{ImageVariations, LoadSummary, cached_models, capabilities, delete_cached_model, load_pipeline, storage_estimate};
+pub use api::{ImageVariations, LoadSummary, cached_models, capabilities, delete_cached_model, load_pipeline, pending_download, storage_estimate};
 pub use options::LoadOptions;
