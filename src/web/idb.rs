@@ -33,7 +33,7 @@ fn classify(error: JsValue) -> StoreError {
 /// on, so the future may be awaited later (an event fired before then is not missed). The
 /// listeners hold only a promise's resolve/reject functions (never the request, whose result may
 /// be a whole tensor) and are removed once it settles, so nothing outlives the await.
-fn fired(target: &EventTarget, success: &'static str, failure: &'static str) -> impl Future<Output = bool> + 'static {
+fn fired(target: &EventTarget, success: &'static str, failure: &'static str) -> impl Future<Output = bool> + use<> {
     let (mut resolve, mut reject) = (None, None);
     let promise = Promise::new(&mut |yes, no| {
         resolve = Some(yes);
@@ -57,7 +57,7 @@ fn fired(target: &EventTarget, success: &'static str, failure: &'static str) -> 
 
 /// Settles when `request` succeeds (with its result) or fails (with its error); listens from
 /// the call on, as `fired`.
-fn settle(request: &IdbRequest) -> impl Future<Output = Result<JsValue, JsValue>> + 'static {
+fn settle(request: &IdbRequest) -> impl Future<Output = Result<JsValue, JsValue>> + use<> {
     let (request, fired) = (request.clone(), fired(request, "success", "error"));
     async move {
         if fired.await {
@@ -120,7 +120,7 @@ impl IdbStore {
     }
 
     /// Asks for the record at once; the future only waits for it.
-    fn get_record(&self, key: &str) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + 'static {
+    fn get_record(&self, key: &str) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + use<> {
         let settled = self.records(IdbTransactionMode::Readonly).and_then(|(_, store)| store.get(&key.into()).map_err(other)).map(|r| settle(&r));
         async move {
             let value = settled?.await.map_err(other)?;
