@@ -5,12 +5,16 @@
 // run again, then once more with one step (the first step with the shaders compiled). Writes
 // OUT/browser.json (timings, load summaries, requests, memory) and the PNGs.
 //
-//   node scripts/real_scale_browser.mjs --model DIR --pkg DIR --runs RUNS.json --out DIR
+//   node scripts/real_scale_browser.mjs --model DIR --pkg DIR --runs RUNS.json --out DIR [--cpu-profile]
 //
 // RUNS.json: [{ name, scheduler, n, size, steps, guidance, seed }], possibly empty (loading is
 // measured alone). Besides the runs it measures
 // the bounds the figures are held against, in the same session: `curl` fetching the same weight
 // files from the same stand-in, and a raw read of the same IndexedDB records in the same page.
+// --cpu-profile records the page's JavaScript and wasm CPU profile of each visit (DevTools'
+// sampling profiler, which slows the page: its times are not the figures) as OUT/*.cpuprofile,
+// and puts the functions with the most self time in the report. Names need a wasm built with
+// them (the demo's wasm-opt drops them).
 import { execFileSync, spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -20,6 +24,7 @@ import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+const flag = (name) => process.argv.includes(`--${name}`);
 const arg = (name) => {
   const i = process.argv.indexOf(`--${name}`);
   if (i < 0) throw new Error(`--${name} is required`);
@@ -120,6 +125,32 @@ const cpuByPhase = (visit) => Object.fromEntries(Object.entries(visit.phases).ma
 const image = readFileSync(join(root, "tests/fixtures/input.png")).toString("base64");
 const revision = `real-scale-${Date.now()}`;
 
+/** DevTools' sampling profiler over the page, when asked for: `stop(name)` writes
+ * OUT/name.cpuprofile and returns the functions with the most self time, in ms. */
+class CpuProfiler {
+  static async start() {
+    if (!flag("cpu-profile")) return null;
+    const cdp = await context.newCDPSession(page);
+    await cdp.send("Profiler.enable");
+    await cdp.send("Profiler.setSamplingInterval", { interval: 500 });
+    await cdp.send("Profiler.start");
+    return Object.assign(new CpuProfiler(), { cdp });
+  }
+  async stop(name) {
+    const { profile } = await this.cdp.send("Profiler.stop");
+    await this.cdp.detach();
+    writeFileSync(join(out, `${name}.cpuprofile`), JSON.stringify(profile));
+    return CpuProfiler.top(profile, 25);
+  }
+  /** Self time per function (name and script), largest first. */
+  static top(profile, count) {
+    const label = new Map(profile.nodes.map((n) => [n.id, `${n.callFrame.functionName || "(anonymous)"} ${n.callFrame.url.split("/").pop()}`.trim()]));
+    const self = new Map();
+    profile.samples.forEach((id, i) => self.set(label.get(id), (self.get(label.get(id)) ?? 0) + profile.timeDeltas[i] / 1000));
+    return [...self].sort((a, b) => b[1] - a[1]).slice(0, count).map(([fn, ms]) => ({ fn, ms: Math.round(ms) }));
+  }
+}
+
 /** In the page: import the package, load the model, generate `runs`; every time is in ms from
  * the page's time origin. */
 async function visit(runs) {
@@ -202,7 +233,9 @@ try {
   await fetch(`${hub}/${repo}/resolve/${revision}/model_index.json`);
   await hubReset();
   await page.goto(`${app}/`);
+  let profiler = await CpuProfiler.start();
   const first = await visit(runs);
+  if (profiler) first.profile = await profiler.stop("first");
   first.memory = memory.take();
   first.cpu = cpuByPhase(first);
   const firstLog = await hubLog();
@@ -212,7 +245,9 @@ try {
 
   await hubReset();
   await page.reload();
+  profiler = await CpuProfiler.start();
   const second = await visit(runs.length ? [runs[0], { ...runs[0], name: "warm-shaders", steps: 1 }] : []);
+  if (profiler) second.profile = await profiler.stop("reload");
   second.memory = memory.take();
   second.cpu = cpuByPhase(second);
   second.requests = requestsOf(await hubLog());

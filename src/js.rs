@@ -1,10 +1,26 @@
 //! JavaScript globals by reflection, the same in a window and in a worker (web-sys's typed
 //! `window()` is absent in workers): `navigator` members, global functions, messages of
-//! rejected promises, timers.
+//! rejected promises, timers. And the module's static constructors, run once.
 
 use js_sys::{Function, Promise, Reflect};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
+
+/// Runs the module's static constructors (the `inventory` registrations of burn's compiler
+/// crates) the first time it is called. Where no code calls `__wasm_call_ctors`, the linker
+/// wraps every export so that each call from JavaScript runs all of them again; a real-size
+/// download makes hundreds of thousands of such calls (every awaited promise, every record),
+/// and those runs took over half its time. This call in the module makes the linker wrap none,
+/// so everything that needs the registrations must come through here first: the module's start
+/// and opening the GPU (the start function does not run in wasm-bindgen's tests).
+pub fn run_constructors_once() {
+    unsafe extern "C" {
+        fn __wasm_call_ctors();
+    }
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: the linker's constructor list, run exactly once, before anything that reads it.
+    ONCE.call_once(|| unsafe { __wasm_call_ctors() });
+}
 
 /// `navigator.{name}`, where the global has it and it is neither undefined nor null.
 pub fn navigator_member(name: &str) -> Option<JsValue> {
@@ -51,4 +67,34 @@ pub async fn sleep_ms(ms: i32) {
         let _ = call_global("setTimeout", &[resolve.into(), ms.into()]);
     });
     let _ = JsFuture::from(promise).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    static RUNS: AtomicU32 = AtomicU32::new(0);
+
+    extern "C" fn counted() {
+        RUNS.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A static constructor of this test binary, as `inventory` makes them: it counts its runs.
+    #[used]
+    #[unsafe(link_section = ".init_array")]
+    static CONSTRUCTOR: extern "C" fn() = counted;
+
+    /// Each wake-up after an await is a call from JavaScript into the module: none of them may
+    /// run the constructors again.
+    #[wasm_bindgen_test::wasm_bindgen_test]
+    async fn constructors_run_once_however_often_javascript_calls_in() {
+        run_constructors_once();
+        for _ in 0..3 {
+            sleep_ms(0).await;
+        }
+        run_constructors_once();
+        assert_eq!(RUNS.load(Ordering::Relaxed), 1);
+    }
 }

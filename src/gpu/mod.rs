@@ -195,8 +195,11 @@ pub enum GpuError {
 /// Opens the GPU. Async everywhere so the browser and native code share this one path.
 pub async fn init(options: &GpuOptions) -> Result<Gpu, GpuError> {
     #[cfg(target_arch = "wasm32")]
-    if options.backends.is_none() && !browser::has_webgpu() {
-        return Err(GpuError::NoWebGpu);
+    {
+        crate::js::run_constructors_once();
+        if options.backends.is_none() && !browser::has_webgpu() {
+            return Err(GpuError::NoWebGpu);
+        }
     }
     let instance = instance(options);
     let adapter = request_adapter(&instance).await?;

@@ -18,6 +18,7 @@ use crate::pipeline::{ImageVariationPipeline, LoadReport, PipelineError, Weights
 
 #[wasm_bindgen(start)]
 fn start() {
+    crate::js::run_constructors_once();
     console_error_panic_hook::set_once();
 }
 

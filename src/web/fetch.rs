@@ -41,7 +41,8 @@ async fn within_stall(promise: Promise, controller: &JsValue) -> Result<JsValue,
 
 /// The body's bytes in `window`, the bytes skipped before it, and whether the connection
 /// failed or stalled first. The stream is cancelled once the window is full. Room for
-/// `expected` bytes (at most the window) is made once, so each piece is copied once.
+/// `expected` bytes (at most the window) is made once, so each piece is copied once, straight
+/// from the stream's buffer into it.
 async fn read_window(answer: &JsResponse, window: Range<u64>, expected: u64, controller: &JsValue) -> (Vec<u8>, u64, bool) {
     let stream = Reflect::get(answer, &"body".into()).unwrap_or(JsValue::NULL);
     let Some(reader) = (!stream.is_null()).then(|| call_method(&stream, "getReader", &[])).flatten() else {
@@ -68,9 +69,12 @@ async fn read_window(answer: &JsResponse, window: Range<u64>, expected: u64, con
         let end = position + chunk.length() as u64;
         let (from, to) = (window.start.clamp(position, end), window.end.clamp(position, end));
         if from < to {
-            let at = body.len();
-            body.resize(at + (to - from) as usize, 0);
-            chunk.subarray((from - position) as u32, (to - position) as u32).copy_to(&mut body[at..]);
+            let (piece, at, len) = (chunk.subarray((from - position) as u32, (to - position) as u32), body.len(), (to - from) as usize);
+            body.reserve(len);
+            piece.copy_to_uninit(&mut body.spare_capacity_mut()[..len]);
+            // SAFETY: copy_to_uninit wrote all `len` bytes after `at` (zero-filling them first
+            // took a tenth of a real-size download's time in wasm).
+            unsafe { body.set_len(at + len) };
         }
         position = end;
     }
