@@ -10,7 +10,8 @@
 // RUNS.json: [{ name, scheduler, n, size, steps, guidance, seed }], possibly empty (loading is
 // measured alone). Besides the runs it measures
 // the bounds the figures are held against, in the same session: `curl` fetching the same weight
-// files from the same stand-in, and a raw read of the same IndexedDB records in the same page.
+// files from the same stand-in, the page fetching them and dropping the bytes, and a raw read
+// and a raw write of the same IndexedDB records in the same page.
 // --cpu-profile records the page's JavaScript and wasm CPU profile of each visit (DevTools'
 // sampling profiler, which slows the page: its times are not the figures) as OUT/*.cpuprofile,
 // and puts the functions with the most self time in the report. Names need a wasm built with
@@ -199,6 +200,69 @@ async function rawRecordRead() {
   });
 }
 
+/** In the page: every record of the cache written again, as the download writes them (about
+ * 16 MiB of records per transaction), into a scratch database removed afterwards; only the
+ * writes are timed, not the reads that give them their bytes. */
+async function rawRecordWrite() {
+  return page.evaluate(async () => {
+    const request = (r) => new Promise((ok, no) => { r.onsuccess = () => ok(r.result); r.onerror = () => no(r.error); });
+    const committed = (t) => new Promise((ok, no) => { t.oncomplete = ok; t.onerror = t.onabort = () => no(t.error); });
+    const db = await request(indexedDB.open("imvar"));
+    const opening = indexedDB.open("imvar-write-bound");
+    opening.onupgradeneeded = () => opening.result.createObjectStore("records");
+    const scratch = await request(opening);
+    const keys = await request(db.transaction("records").objectStore("records").getAllKeys());
+    let ms = 0, bytes = 0, batch = [], batchBytes = 0;
+    const flush = async () => {
+      const start = performance.now();
+      const transaction = scratch.transaction("records", "readwrite");
+      for (const [key, value] of batch) transaction.objectStore("records").put(value, key);
+      await committed(transaction);
+      ms += performance.now() - start;
+      [batch, batchBytes] = [[], 0];
+    };
+    for (const key of keys) {
+      const value = await request(db.transaction("records").objectStore("records").get(key));
+      batch.push([key, value]);
+      batchBytes += value.byteLength;
+      bytes += value.byteLength;
+      if (batchBytes >= 16 << 20) await flush();
+    }
+    if (batch.length) await flush();
+    db.close();
+    scratch.close();
+    await request(indexedDB.deleteDatabase("imvar-write-bound"));
+    return { records: keys.length, bytes, ms };
+  });
+}
+
+/** In the page: the same weight files fetched with `fetch` in 16 MiB Range requests, four at
+ * once as the download makes them, each body read through and dropped: what the browser's own
+ * network path costs before anything is checked or stored. */
+async function rawFetch(paths) {
+  return page.evaluate(async ({ hub, repo, revision, paths }) => {
+    const chunk = 16 << 20;
+    const ranges = [];
+    for (const path of paths) {
+      const url = `${hub}/${repo}/resolve/${revision}/${path}`;
+      const size = Number((await fetch(url, { method: "HEAD", cache: "no-store" })).headers.get("content-length"));
+      for (let start = 0; start < size; start += chunk) ranges.push([url, start, Math.min(start + chunk, size) - 1]);
+    }
+    let bytes = 0;
+    const worker = async () => {
+      for (let next = ranges.shift(); next; next = ranges.shift()) {
+        const [url, start, end] = next;
+        const answer = await fetch(url, { headers: { Range: `bytes=${start}-${end}` }, cache: "no-store", referrerPolicy: "no-referrer" });
+        const reader = answer.body.getReader();
+        for (let read = await reader.read(); !read.done; read = await reader.read()) bytes += read.value.byteLength;
+      }
+    };
+    const start = performance.now();
+    await Promise.all([worker(), worker(), worker(), worker()]);
+    return { files: paths.length, bytes, ms: performance.now() - start };
+  }, { hub, repo, revision, paths });
+}
+
 /** curl fetching each weight file the page asked for, whole, from the same stand-in. */
 function curlBound(paths) {
   let bytes = 0, seconds = 0;
@@ -253,8 +317,10 @@ try {
   second.requests = requestsOf(await hubLog());
   savePngs("reload", second);
   const raw = await rawRecordRead();
+  const rawWrite = await rawRecordWrite();
+  const fetched = await rawFetch(weightFiles);
   const curl = curlBound(weightFiles);
-  const report = { first, second, raw, curl, chromium: execFileSync(executablePath, ["--version"], { encoding: "utf8" }).trim() };
+  const report = { first, second, raw, rawWrite, fetched, curl, chromium: execFileSync(executablePath, ["--version"], { encoding: "utf8" }).trim() };
   writeFileSync(join(out, "browser.json"), JSON.stringify(report, null, 2) + "\n");
   console.log(`browser report in ${join(out, "browser.json")}`);
 } finally {

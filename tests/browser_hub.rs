@@ -1,7 +1,7 @@
 //! Weights in the browser, against the local Hub stand-in that `scripts/test` starts (its URL
 //! is compiled in from `IMVAR_TEST_HUB`): download through cross-origin redirects into
 //! IndexedDB, a golden generation, a reload with zero weight requests, offline loading, resume
-//! after a cut, and a damaged record fetched again.
+//! after a cut, a stalled answer given up, and a damaged record fetched again.
 #![cfg(target_arch = "wasm32")]
 
 use std::cell::RefCell;
@@ -155,6 +155,20 @@ async fn first_visit_downloads_then_reloads_and_offline_use_fetch_no_weights() {
     assert!(events.iter().all(|e| e.phase != Phase::Download));
     assert_eq!((offline.commit, offline.stored_bytes), (summary.commit, summary.stored_bytes), "the same model, from the cache");
     reset().await;
+}
+
+/// An answer that sends nothing for 30 s is given up and asked for again: the load neither
+/// hangs on it nor waits for it to come (it would take two minutes).
+#[wasm_bindgen_test]
+async fn a_stalled_answer_is_given_up_after_30_s_and_asked_for_again() {
+    reset().await;
+    let (revision, database) = ("browser-stall", fresh_database("stall"));
+    fault(serde_json::json!({"revision": revision, "path": "vae/diffusion_pytorch_model", "kind": "slow", "delay_ms": 120_000})).await;
+    let start = js_sys::Date::now();
+    let (_, summary, _) = load(&options(revision, &database)).await;
+    let seconds = (js_sys::Date::now() - start) / 1000.0;
+    log(&format!("stalled answer: loaded in {seconds:.1} s, {} bytes stored", summary.stored_bytes));
+    assert!((30.0..100.0).contains(&seconds), "loaded in {seconds:.1} s: the stall limit is 30 s and the stalled answer takes 120 s");
 }
 
 #[wasm_bindgen_test]

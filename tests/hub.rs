@@ -237,6 +237,23 @@ fn a_damaged_record_is_fetched_again_on_read() {
 }
 
 #[test]
+fn loading_reads_each_record_once_and_asks_for_the_next_one_ahead() {
+    let hub = StandIn::start(&[]);
+    let (fetch, store) = (NativeFetch::default(), MemoryStore::default());
+    let model = prepare(&cache(&hub, "ahead", &fetch, Some(&store))).unwrap();
+    store.gets.borrow_mut().clear();
+    let mut source = pollster::block_on(model.tensors("unet")).unwrap();
+    let names: Vec<_> = source.tensors().into_iter().map(|t| t.name).collect();
+    let asked = |name: &str| store.gets.borrow().iter().filter(|key| key.ends_with(&format!("\n{name}"))).count();
+    pollster::block_on(source.read(&names[0])).unwrap();
+    assert_eq!(names[..3].iter().map(|n| asked(n)).collect::<Vec<_>>(), [1, 1, 0], "after the first read: {:?}", store.gets.borrow());
+    for name in &names[1..] {
+        pollster::block_on(source.read(name)).unwrap();
+    }
+    assert!(names.iter().all(|n| asked(n) == 1), "each record read once: {:?}", store.gets.borrow());
+}
+
+#[test]
 fn too_little_storage_is_said_before_downloading() {
     let hub = StandIn::start(&[]);
     let fetch = NativeFetch::default();

@@ -7,10 +7,12 @@ use imvar::LocalFuture;
 use imvar::hub::{Store, StoreError};
 
 /// Records in memory, with an optional byte limit that answers writes like a full quota, and
-/// what it reports as available (`None`: unknown, as where there is no storage estimate).
+/// what it reports as available (`None`: unknown, as where there is no storage estimate). Every
+/// key read is logged in `gets`, in order.
 #[derive(Default)]
 pub struct MemoryStore {
     pub records: RefCell<BTreeMap<String, Vec<u8>>>,
+    pub gets: RefCell<Vec<String>>,
     pub limit: Option<u64>,
     pub estimate: Option<u64>,
 }
@@ -23,6 +25,7 @@ impl MemoryStore {
 
 impl Store for MemoryStore {
     fn get(&self, key: &str) -> LocalFuture<'_, Result<Option<Vec<u8>>, StoreError>> {
+        self.gets.borrow_mut().push(key.into());
         Box::pin(std::future::ready(Ok(self.records.borrow().get(key).cloned())))
     }
 
