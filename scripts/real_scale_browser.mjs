@@ -147,7 +147,8 @@ class CpuProfiler {
   static top(profile, count) {
     const label = new Map(profile.nodes.map((n) => [n.id, `${n.callFrame.functionName || "(anonymous)"} ${n.callFrame.url.split("/").pop()}`.trim()]));
     const self = new Map();
-    profile.samples.forEach((id, i) => self.set(label.get(id), (self.get(label.get(id)) ?? 0) + profile.timeDeltas[i] / 1000));
+    // A sample stands for the time until the next one (timeDeltas[i] is the gap before sample i).
+    profile.samples.forEach((id, i) => self.set(label.get(id), (self.get(label.get(id)) ?? 0) + (profile.timeDeltas[i + 1] ?? 0) / 1000));
     return [...self].sort((a, b) => b[1] - a[1]).slice(0, count).map(([fn, ms]) => ({ fn, ms: Math.round(ms) }));
   }
 }
@@ -200,9 +201,10 @@ async function rawRecordRead() {
   });
 }
 
-/** In the page: every record of the cache written again, as the download writes them (about
- * 16 MiB of records per transaction), into a scratch database removed afterwards; only the
- * writes are timed, not the reads that give them their bytes. */
+/** In the page: every record of the cache written again in transactions of about 16 MiB of
+ * records, as the download's chunks are (one at a time, where the download has up to four in
+ * flight), into a scratch database removed afterwards; only the writes are timed, not the reads
+ * that give them their bytes. It needs room for a second copy of the records on disk. */
 async function rawRecordWrite() {
   return page.evaluate(async () => {
     const request = (r) => new Promise((ok, no) => { r.onsuccess = () => ok(r.result); r.onerror = () => no(r.error); });
@@ -236,29 +238,35 @@ async function rawRecordWrite() {
   });
 }
 
-/** In the page: the same weight files fetched with `fetch` in 16 MiB Range requests, four at
- * once as the download makes them, each body read through and dropped: what the browser's own
- * network path costs before anything is checked or stored. */
+/** In the page: the same weight files, whole (the download fetches only the tensors it needs:
+ * compare rates), fetched with `fetch` in 16 MiB Range requests, four at once as the download
+ * makes them, each body read through and dropped: what the browser's own network path costs
+ * before anything is checked or stored. */
 async function rawFetch(paths) {
   return page.evaluate(async ({ hub, repo, revision, paths }) => {
     const chunk = 16 << 20;
     const ranges = [];
     for (const path of paths) {
       const url = `${hub}/${repo}/resolve/${revision}/${path}`;
-      const size = Number((await fetch(url, { method: "HEAD", cache: "no-store" })).headers.get("content-length"));
+      const head = await fetch(url, { method: "HEAD", cache: "no-store" });
+      if (!head.ok) continue; // a variant the repo does not have (the download asked and got a 404)
+      const size = Number(head.headers.get("content-length"));
       for (let start = 0; start < size; start += chunk) ranges.push([url, start, Math.min(start + chunk, size) - 1]);
     }
     let bytes = 0;
+    const expected = ranges.reduce((sum, [, start, end]) => sum + end - start + 1, 0);
     const worker = async () => {
       for (let next = ranges.shift(); next; next = ranges.shift()) {
         const [url, start, end] = next;
         const answer = await fetch(url, { headers: { Range: `bytes=${start}-${end}` }, cache: "no-store", referrerPolicy: "no-referrer" });
+        if (answer.status !== 206) throw new Error(`${url} ${start}-${end}: status ${answer.status}`);
         const reader = answer.body.getReader();
         for (let read = await reader.read(); !read.done; read = await reader.read()) bytes += read.value.byteLength;
       }
     };
     const start = performance.now();
     await Promise.all([worker(), worker(), worker(), worker()]);
+    if (bytes !== expected) throw new Error(`fetched ${bytes} bytes of ${expected}`);
     return { files: paths.length, bytes, ms: performance.now() - start };
   }, { hub, repo, revision, paths });
 }

@@ -158,17 +158,18 @@ async fn first_visit_downloads_then_reloads_and_offline_use_fetch_no_weights() {
 }
 
 /// An answer that sends nothing for 30 s is given up and asked for again: the load neither
-/// hangs on it nor waits for it to come (it would take two minutes).
+/// hangs on it nor waits for it to come (five minutes). The first answer held back is the VAE
+/// file's header probe; the bound's width is room for the rest of the load on a slow machine.
 #[wasm_bindgen_test]
 async fn a_stalled_answer_is_given_up_after_30_s_and_asked_for_again() {
     reset().await;
     let (revision, database) = ("browser-stall", fresh_database("stall"));
-    fault(serde_json::json!({"revision": revision, "path": "vae/diffusion_pytorch_model", "kind": "slow", "delay_ms": 120_000})).await;
+    fault(serde_json::json!({"revision": revision, "path": "vae/diffusion_pytorch_model", "kind": "slow", "delay_ms": 300_000})).await;
     let start = js_sys::Date::now();
     let (_, summary, _) = load(&options(revision, &database)).await;
     let seconds = (js_sys::Date::now() - start) / 1000.0;
     log(&format!("stalled answer: loaded in {seconds:.1} s, {} bytes stored", summary.stored_bytes));
-    assert!((30.0..100.0).contains(&seconds), "loaded in {seconds:.1} s: the stall limit is 30 s and the stalled answer takes 120 s");
+    assert!((30.0..250.0).contains(&seconds), "loaded in {seconds:.1} s: the stall limit is 30 s and the stalled answer takes 300 s");
 }
 
 #[wasm_bindgen_test]

@@ -8,7 +8,7 @@ use imvar::hub::{Store, StoreError};
 
 /// Records in memory, with an optional byte limit that answers writes like a full quota, and
 /// what it reports as available (`None`: unknown, as where there is no storage estimate). Every
-/// key read is logged in `gets`, in order.
+/// key is logged in `gets` when its read is asked for (not when it is awaited), in order.
 #[derive(Default)]
 pub struct MemoryStore {
     pub records: RefCell<BTreeMap<String, Vec<u8>>>,
