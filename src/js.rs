@@ -6,11 +6,11 @@ use js_sys::{Function, Promise, Reflect};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 
-/// Runs the module's static constructors (the `inventory` registrations of burn's compiler
-/// crates) the first time it is called. Where no code calls `__wasm_call_ctors`, the linker
-/// wraps every export so that each call from JavaScript runs all of them again; a real-size
-/// download makes hundreds of thousands of such calls (every awaited promise, every record),
-/// and those runs took over half its time. This call in the module makes the linker wrap none,
+/// Runs the module's static constructors (the `inventory` registrations of pliron, the IR crate
+/// under burn's cubecl) the first time it is called. Where no code calls `__wasm_call_ctors`,
+/// the linker wraps every export so that each call from JavaScript (every awaited promise,
+/// every closure, every value crossing over) runs all of them again; in a profile of a
+/// real-size first visit those runs took over half its time. This call in the module makes the linker wrap none,
 /// so everything that needs the registrations must come through here first: the module's start
 /// and opening the GPU (the start function does not run in wasm-bindgen's tests).
 pub fn run_constructors_once() {

@@ -73,7 +73,7 @@ async fn read_window(answer: &JsResponse, window: Range<u64>, expected: u64, con
             body.reserve(len);
             piece.copy_to_uninit(&mut body.spare_capacity_mut()[..len]);
             // SAFETY: copy_to_uninit wrote all `len` bytes after `at` (zero-filling them first
-            // took a tenth of a real-size download's time in wasm).
+            // took about 2 s of a real-size download's 47 s in a profile).
             unsafe { body.set_len(at + len) };
         }
         position = end;
